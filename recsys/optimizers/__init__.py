@@ -1,0 +1,5 @@
+"""Optimizers that keep sparse (row-wise) updates sparse."""
+
+from recsys.optimizers.sparse_adam import SparseAdam
+
+__all__ = ["SparseAdam"]

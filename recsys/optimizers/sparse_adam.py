@@ -1,0 +1,233 @@
+"""Adam that updates only the rows a sparse gradient touches."""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from typing import Any
+
+from recsys._tf import keras, tf
+
+_BaseAdam = keras.optimizers.Adam
+_BASE_HAS_ADAPTIVE_EPSILON = "adaptive_epsilon" in inspect.signature(_BaseAdam.__init__).parameters
+
+
+def _check_unit_interval(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be a float in [0, 1). Received: {name}={value!r}")
+    return float(value)
+
+
+def _check_learning_rate(value: Any) -> Any:
+    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule) or callable(value):
+        return value
+    if isinstance(value, tf.Variable | tf.Tensor):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0:
+        raise ValueError(
+            "`learning_rate` must be a positive float, a tensor, a callable or a "
+            f"`LearningRateSchedule`. Received: learning_rate={value!r}"
+        )
+    return value
+
+
+@keras.saving.register_keras_serializable(package="recsys")
+class SparseAdam(_BaseAdam):
+    """Adam with lazy, row-sparse updates for `tf.IndexedSlices` gradients.
+
+    For a dense gradient, `SparseAdam` is exactly `tf_keras.optimizers.Adam`: it runs
+    the same update. For a `tf.IndexedSlices` gradient (what an embedding lookup
+    produces, e.g. `recsys.layers.Embedding`), it reads and writes only the rows in
+    `gradient.indices`: those rows of the variable and of both moment slots
+    (`m`, `v`, and `vhat` with `amsgrad=True`) are updated; every other row stays
+    bit-identical. A step therefore costs what the batch touches, not what the table
+    holds. Duplicate indices are summed first (by the base optimizer).
+
+    How this differs from dense Adam: dense Adam decays the moments of *every* row at
+    every step, so a row not in the batch still moves (by its decayed momentum).
+    Lazy Adam leaves such a row, and its moments, untouched until the row appears in
+    a batch again; its moments then decay by one step only, not by the steps missed.
+    Bias correction uses the optimizer's global step (`iterations`), exactly as Adam
+    does. This is the behaviour of TensorFlow Addons' `LazyAdam` and of PyTorch's
+    `SparseAdam`; for rows present in every step it equals dense Adam.
+
+    `weight_decay` (decoupled, as in `tf_keras.optimizers.Adam`) decays only the rows
+    present in a sparse gradient; for dense gradients it decays the whole variable,
+    as Adam does. `use_ema=True` is refused: an exponential moving average of the
+    weights rewrites every row at every step, which defeats sparse updates.
+    Learning-rate schedules, `clipnorm`, `clipvalue`, `global_clipnorm`, mixed
+    precision (`tf_keras.mixed_precision.LossScaleOptimizer`) and checkpointing of the
+    slots work as for Adam.
+
+    Example:
+
+    >>> import recsys
+    >>> from recsys.layers import Embedding
+    >>> from recsys.optimizers import SparseAdam
+    >>> model = tf.keras.Sequential([Embedding(1_000_000, 32), tf.keras.layers.Dense(1)])
+    >>> model.compile(optimizer=SparseAdam(learning_rate=1e-3), loss="mse")
+
+    Args:
+        learning_rate: A float, a `LearningRateSchedule`, or a callable returning the
+            learning rate. Defaults to 0.001.
+        beta_1: Exponential decay rate of the first moment, in [0, 1).
+        beta_2: Exponential decay rate of the second moment, in [0, 1).
+        epsilon: Small constant for numerical stability, >= 0.
+        adaptive_epsilon: Scale `epsilon` by `sqrt(1 - beta_2**t)` (as tf-keras's Adam).
+        amsgrad: Whether to use the AMSGrad variant (lazily too: `vhat` of untouched
+            rows is left as it is).
+        weight_decay: Decoupled weight decay rate, or None (see above).
+        clipnorm: Clip each gradient to this norm.
+        clipvalue: Clip each gradient element to [-clipvalue, clipvalue].
+        global_clipnorm: Clip all gradients together to this global norm.
+        use_ema: Must be False (see above).
+        ema_momentum: Accepted for config compatibility; unused.
+        ema_overwrite_frequency: Accepted for config compatibility; unused.
+        jit_compile: As for Adam; sparse updates never run under XLA (their shapes
+            change from step to step).
+        name: Name of the optimizer.
+        **kwargs: Other base optimizer arguments (`is_legacy_optimizer`, `mesh`).
+
+    Raises:
+        ValueError: An argument is out of range, or `use_ema=True`.
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        adaptive_epsilon: bool = False,
+        amsgrad: bool = False,
+        weight_decay: float | None = None,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
+        jit_compile: bool = True,
+        name: str = "SparseAdam",
+        **kwargs: Any,
+    ) -> None:
+        learning_rate = _check_learning_rate(learning_rate)
+        beta_1 = _check_unit_interval("beta_1", beta_1)
+        beta_2 = _check_unit_interval("beta_2", beta_2)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or epsilon < 0:
+            raise ValueError(f"`epsilon` must be a float >= 0. Received: epsilon={epsilon!r}")
+        if weight_decay is not None and (
+            isinstance(weight_decay, bool)
+            or not isinstance(weight_decay, numbers.Real)
+            or weight_decay < 0
+        ):
+            raise ValueError(
+                f"`weight_decay` must be None or a float >= 0. Received: weight_decay={weight_decay!r}"
+            )
+        if use_ema:
+            raise ValueError(
+                "SparseAdam does not support `use_ema=True`: an exponential moving average "
+                "of the weights rewrites every row of every table at each step, which defeats "
+                "sparse updates. Received: use_ema=True. Keep an average outside the optimizer "
+                "if you need one."
+            )
+        if adaptive_epsilon and not _BASE_HAS_ADAPTIVE_EPSILON:
+            raise ValueError(
+                "`adaptive_epsilon=True` needs a tf-keras whose Adam supports it "
+                f"(installed: {keras.__version__}). Received: adaptive_epsilon=True."
+            )
+        base_kwargs = (
+            {"adaptive_epsilon": bool(adaptive_epsilon)} if _BASE_HAS_ADAPTIVE_EPSILON else {}
+        )
+        super().__init__(
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=float(epsilon),
+            amsgrad=bool(amsgrad),
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=False,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            jit_compile=jit_compile,
+            name=name,
+            **base_kwargs,
+            **kwargs,
+        )
+        self.adaptive_epsilon = bool(adaptive_epsilon)
+
+    def _apply_weight_decay(self, variables: Any) -> None:
+        # The base class decays every row of every variable before the update; the
+        # decay is applied inside `update_step` instead, where the gradient tells
+        # which rows a sparse update touches.
+        return
+
+    def _decay_factor(self, variable: Any) -> Any | None:
+        if self.weight_decay is None or not self._use_weight_decay(variable):
+            return None
+        lr = tf.cast(self.learning_rate, variable.dtype)
+        return tf.cast(self.weight_decay, variable.dtype) * lr
+
+    def _update_step_xla(self, gradient: Any, variable: Any, key: int) -> Any:
+        if isinstance(gradient, tf.IndexedSlices):
+            return self._update_step(gradient, variable)
+        return super()._update_step_xla(gradient, variable, key)
+
+    def update_step(self, gradient: Any, variable: Any) -> None:
+        """Updates `variable` (and its slots) from `gradient`."""
+        decay = self._decay_factor(variable)
+        if not isinstance(gradient, tf.IndexedSlices):
+            if decay is not None:
+                # Same op, same order as the base optimizer's `_apply_weight_decay`.
+                variable.assign_sub(
+                    variable
+                    * tf.cast(self.weight_decay, variable.dtype)
+                    * tf.cast(self.learning_rate, variable.dtype)
+                )
+            super().update_step(gradient, variable)
+            return
+        self._sparse_update_step(gradient, variable, decay)
+
+    def _sparse_update_step(self, gradient: Any, variable: Any, decay: Any | None) -> None:
+        # The expressions mirror tf-keras Adam's dense branch, so a row present in every
+        # step gets bit-identical values to dense Adam.
+        dtype = variable.dtype
+        lr = tf.cast(self.learning_rate, dtype)
+        local_step = tf.cast(self.iterations + 1, dtype)
+        beta_1_power = tf.pow(tf.cast(self.beta_1, dtype), local_step)
+        beta_2_power = tf.pow(tf.cast(self.beta_2, dtype), local_step)
+        alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        epsilon_hat = (
+            self.epsilon * tf.sqrt(1 - beta_2_power) if self.adaptive_epsilon else self.epsilon
+        )
+
+        slot = self._index_dict[self._var_key(variable)]
+        m = self._momentums[slot]
+        v = self._velocities[slot]
+        indices = gradient.indices
+        values = gradient.values
+
+        m_rows = tf.gather(m, indices)
+        m_rows = m_rows + (values - m_rows) * (1 - self.beta_1)
+        v_rows = tf.gather(v, indices)
+        v_rows = v_rows + (tf.square(values) - v_rows) * (1 - self.beta_2)
+        m.scatter_update(tf.IndexedSlices(m_rows, indices))
+        v.scatter_update(tf.IndexedSlices(v_rows, indices))
+        if self.amsgrad:
+            v_hat = self._velocity_hats[slot]
+            v_rows = tf.maximum(tf.gather(v_hat, indices), v_rows)
+            v_hat.scatter_update(tf.IndexedSlices(v_rows, indices))
+
+        delta = (m_rows * alpha) / (tf.sqrt(v_rows) + epsilon_hat)
+        if decay is not None:
+            delta = delta + tf.gather(variable, indices) * decay
+        variable.scatter_sub(tf.IndexedSlices(delta, indices))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        # tf-keras's Adam leaves `adaptive_epsilon` out of its config.
+        config["adaptive_epsilon"] = self.adaptive_epsilon
+        return config

@@ -1,0 +1,289 @@
+"""SparseAdam against an independent NumPy reference and against tf-keras Adam."""
+
+import copy
+import inspect
+
+import numpy as np
+import pytest
+
+import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+from recsys._tf import keras, tf
+from recsys.layers import Embedding
+from recsys.optimizers import SparseAdam
+
+ROWS, DIM = 12, 3
+
+
+def lazy_adam_reference(
+    table,
+    steps,
+    lr=0.01,
+    beta_1=0.9,
+    beta_2=0.999,
+    epsilon=1e-7,
+    amsgrad=False,
+    weight_decay=None,
+    lr_at_step=None,
+):
+    """Lazy Adam in float64 NumPy: duplicates summed, only touched rows change."""
+    var = table.astype(np.float64).copy()
+    m = np.zeros_like(var)
+    v = np.zeros_like(var)
+    vhat = np.zeros_like(var)
+    for t, (indices, values) in enumerate(steps, start=1):
+        step_lr = lr_at_step(t - 1) if lr_at_step else lr
+        rows = np.unique(indices)
+        grad = np.zeros_like(var)
+        np.add.at(grad, indices, values.astype(np.float64))
+        g = grad[rows]
+        m[rows] = beta_1 * m[rows] + (1 - beta_1) * g
+        v[rows] = beta_2 * v[rows] + (1 - beta_2) * g * g
+        second = v[rows]
+        if amsgrad:
+            vhat[rows] = np.maximum(vhat[rows], v[rows])
+            second = vhat[rows]
+        alpha = step_lr * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        delta = alpha * m[rows] / (np.sqrt(second) + epsilon)
+        if weight_decay:
+            delta += var[rows] * weight_decay * step_lr
+        var[rows] -= delta
+    return var, m, v
+
+
+def random_sparse_steps(seed=0, n_steps=5):
+    rng = np.random.default_rng(seed)
+    steps = []
+    for _ in range(n_steps):
+        # Rows 10 and 11 never appear; duplicates are frequent (8 draws from 10 rows).
+        indices = rng.integers(0, 10, size=8).astype(np.int32)
+        steps.append((indices, rng.normal(size=(8, DIM)).astype(np.float32)))
+    return steps
+
+
+def apply_sparse_steps(optimizer, table, steps, use_function=False):
+    var = tf.Variable(table)
+    apply = optimizer.apply_gradients
+    if use_function:
+        apply = tf.function(apply)
+    for indices, values in steps:
+        grad = tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant([ROWS, DIM]))
+        apply([(grad, var)])
+    return var
+
+
+def slots(optimizer, var):
+    index = optimizer._index_dict[optimizer._var_key(var)]
+    return optimizer._momentums[index].numpy(), optimizer._velocities[index].numpy()
+
+
+@pytest.fixture
+def table():
+    return np.random.default_rng(1).normal(size=(ROWS, DIM)).astype(np.float32)
+
+
+@pytest.mark.parametrize("use_function", [False, True], ids=["eager", "tf.function"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"amsgrad": True}, {"weight_decay": 0.1}, {"beta_1": 0.5, "beta_2": 0.9, "epsilon": 1e-3}],
+    ids=["plain", "amsgrad", "weight_decay", "betas"],
+)
+def test_matches_numpy_lazy_adam_with_duplicates(table, options, use_function):
+    steps = random_sparse_steps()
+    optimizer = SparseAdam(learning_rate=0.01, **options)
+    var = apply_sparse_steps(optimizer, table, steps, use_function)
+    want_var, want_m, want_v = lazy_adam_reference(table, steps, lr=0.01, **options)
+    got_m, got_v = slots(optimizer, var)
+    np.testing.assert_allclose(var.numpy(), want_var, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_m, want_m, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_v, want_v, rtol=1e-5, atol=1e-7)
+    # Rows 10 and 11 were never in a gradient: bit-identical, moments still zero.
+    np.testing.assert_array_equal(var.numpy()[10:], table[10:])
+    assert not got_m[10:].any() and not got_v[10:].any()
+
+
+def test_learning_rate_schedule_follows_global_step(table):
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=1, decay_rate=0.5)
+    steps = random_sparse_steps(seed=3)
+    optimizer = SparseAdam(learning_rate=schedule)
+    var = apply_sparse_steps(optimizer, table, steps)
+    want, _, _ = lazy_adam_reference(table, steps, lr_at_step=lambda k: 0.05 * 0.5**k)
+    np.testing.assert_allclose(var.numpy(), want, rtol=1e-5, atol=1e-6)
+    assert int(optimizer.iterations) == len(steps)
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"amsgrad": True}, {"weight_decay": 0.05}], ids=["plain", "amsgrad", "wd"]
+)
+def test_dense_gradient_is_exactly_tf_keras_adam(table, options):
+    rng = np.random.default_rng(5)
+    grads = [rng.normal(size=(ROWS, DIM)).astype(np.float32) for _ in range(4)]
+    results = []
+    for cls in (SparseAdam, keras.optimizers.Adam):
+        optimizer = cls(learning_rate=0.01, **options)
+        var = tf.Variable(table)
+        for g in grads:
+            optimizer.apply_gradients([(tf.constant(g), var)])
+        results.append((var.numpy(), *slots(optimizer, var)))
+    for got, want in zip(results[0], results[1], strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_rows_in_every_step_equal_dense_adam_bit_for_bit(table):
+    rng = np.random.default_rng(7)
+    sparse_opt, dense_opt = SparseAdam(0.01), keras.optimizers.Adam(0.01)
+    sparse_var, dense_var = tf.Variable(table), tf.Variable(table)
+    rows = np.array([0, 3, 4], dtype=np.int32)
+    for _ in range(4):
+        values = rng.normal(size=(3, DIM)).astype(np.float32)
+        dense = np.zeros((ROWS, DIM), np.float32)
+        dense[rows] = values
+        sparse_opt.apply_gradients([(tf.IndexedSlices(values, rows, [ROWS, DIM]), sparse_var)])
+        dense_opt.apply_gradients([(tf.constant(dense), dense_var)])
+    np.testing.assert_array_equal(sparse_var.numpy()[rows], dense_var.numpy()[rows])
+
+
+@pytest.mark.parametrize(
+    "option", [{"clipnorm": 0.1}, {"clipvalue": 0.05}, {"global_clipnorm": 0.1}]
+)
+def test_clipping_options_are_applied_to_sparse_gradients(table, option):
+    steps = random_sparse_steps(seed=11, n_steps=3)
+    clipped_var = apply_sparse_steps(SparseAdam(0.01, **option), table, steps)
+    plain_var = apply_sparse_steps(SparseAdam(0.01), table, steps)
+    assert not np.allclose(clipped_var.numpy()[:10], plain_var.numpy()[:10])
+    # Clip the values ourselves, as the base optimizer documents, and compare.
+    manual = []
+    for indices, values in steps:
+        if "clipnorm" in option or "global_clipnorm" in option:
+            limit = option.get("clipnorm", option.get("global_clipnorm"))
+            norm = np.linalg.norm(values)
+            values = values * min(1.0, limit / norm)
+        else:
+            values = np.clip(values, -option["clipvalue"], option["clipvalue"])
+        manual.append((indices, values.astype(np.float32)))
+    want, _, _ = lazy_adam_reference(table, manual)
+    np.testing.assert_allclose(clipped_var.numpy(), want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(clipped_var.numpy()[10:], table[10:])
+
+
+def _embedding_model(rows=50, dim=4, seed=0):
+    keras.utils.set_random_seed(seed)
+    ids = keras.Input(shape=(2,), dtype="int32")
+    x = Embedding(rows, dim, name="table")(ids)
+    x = keras.layers.Flatten()(x)
+    out = keras.layers.Dense(1, dtype="float32")(x)
+    return keras.Model(ids, out)
+
+
+def _fit_data(seed=0, n=64, max_id=30):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, max_id, size=(n, 2)).astype(np.int32)
+    y = rng.normal(size=(n, 1)).astype(np.float32)
+    return x, y
+
+
+def test_model_fit_leaves_untouched_rows_and_slots_unchanged():
+    model = _embedding_model()
+    optimizer = SparseAdam(0.01)
+    model.compile(optimizer=optimizer, loss="mse")
+    table = model.get_layer("table").embeddings
+    before = table.numpy().copy()
+    x, y = _fit_data()
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    after = table.numpy()
+    m, v = slots(optimizer, table)
+    touched = np.unique(x)
+    untouched = np.setdiff1d(np.arange(50), touched)
+    assert len(untouched) >= 20
+    np.testing.assert_array_equal(after[untouched], before[untouched])
+    assert not m[untouched].any() and not v[untouched].any()
+    assert np.all(np.any(after[touched] != before[touched], axis=1))
+    assert np.all(np.any(v[touched] != 0, axis=1))
+
+
+def test_mixed_precision_loss_scaling_keeps_updates_sparse():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _embedding_model(seed=1)
+        optimizer = keras.mixed_precision.LossScaleOptimizer(SparseAdam(0.01))
+        model.compile(optimizer=optimizer, loss="mse")
+        table = model.get_layer("table").embeddings
+        before = table.numpy().copy()
+        x, y = _fit_data(seed=1)
+        history = model.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    after = table.numpy()
+    untouched = np.setdiff1d(np.arange(50), np.unique(x))
+    np.testing.assert_array_equal(after[untouched], before[untouched])
+    assert np.isfinite(after).all()
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert not np.array_equal(after[np.unique(x)], before[np.unique(x)])
+
+
+def test_checkpoint_restore_continues_identically(tmp_path):
+    def make():
+        model = _embedding_model(seed=2)
+        optimizer = SparseAdam(0.01)
+        model.compile(optimizer=optimizer, loss="mse")
+        return model, optimizer
+
+    x, y = _fit_data(seed=2)
+    model, optimizer = make()
+    model.fit(x[:32], y[:32], batch_size=16, epochs=1, verbose=0, shuffle=False)
+    path = tf.train.Checkpoint(model=model, optimizer=optimizer).save(str(tmp_path / "ckpt"))
+    model.fit(x[32:], y[32:], batch_size=16, epochs=1, verbose=0, shuffle=False)
+    continued = [w.copy() for w in model.get_weights()]
+
+    restored_model, restored_opt = make()
+    restored_opt.build(restored_model.trainable_variables)
+    tf.train.Checkpoint(model=restored_model, optimizer=restored_opt).restore(
+        path
+    ).assert_existing_objects_matched()
+    assert int(restored_opt.iterations) == 2
+    restored_model.fit(x[32:], y[32:], batch_size=16, epochs=1, verbose=0, shuffle=False)
+    for got, want in zip(restored_model.get_weights(), continued, strict=True):
+        np.testing.assert_array_equal(got, want)
+    table = restored_model.get_layer("table").embeddings
+    np.testing.assert_array_equal(slots(restored_opt, table)[1], slots(optimizer, model.get_layer("table").embeddings)[1])
+
+
+def test_get_config_round_trips_every_argument():
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)
+    optimizer = SparseAdam(
+        learning_rate=schedule,
+        beta_1=0.8,
+        beta_2=0.95,
+        epsilon=1e-5,
+        adaptive_epsilon=True,
+        amsgrad=True,
+        weight_decay=0.01,
+        clipnorm=1.5,
+        clipvalue=None,
+        jit_compile=False,
+        name="my_adam",
+    )
+    config = optimizer.get_config()
+    params = set(inspect.signature(SparseAdam.__init__).parameters) - {"self", "kwargs"}
+    assert params <= set(config), params - set(config)
+    clone = SparseAdam.from_config(copy.deepcopy(config))
+    assert clone.get_config() == config
+    assert clone.adaptive_epsilon and clone.amsgrad and clone.weight_decay == 0.01
+    revived = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert type(revived) is SparseAdam
+    assert keras.saving.get_registered_name(SparseAdam) == "recsys>SparseAdam"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"use_ema": True}, "use_ema=True"),
+        ({"learning_rate": -1.0}, "Received: learning_rate=-1.0"),
+        ({"beta_1": 1.0}, "Received: beta_1=1.0"),
+        ({"beta_2": -0.1}, "Received: beta_2=-0.1"),
+        ({"epsilon": -1e-8}, "Received: epsilon=-1e-08"),
+        ({"weight_decay": -0.5}, "Received: weight_decay=-0.5"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SparseAdam(**kwargs)
