@@ -244,7 +244,9 @@ def test_checkpoint_restore_continues_identically(tmp_path):
     for got, want in zip(restored_model.get_weights(), continued, strict=True):
         np.testing.assert_array_equal(got, want)
     table = restored_model.get_layer("table").embeddings
-    np.testing.assert_array_equal(slots(restored_opt, table)[1], slots(optimizer, model.get_layer("table").embeddings)[1])
+    np.testing.assert_array_equal(
+        slots(restored_opt, table)[1], slots(optimizer, model.get_layer("table").embeddings)[1]
+    )
 
 
 def test_get_config_round_trips_every_argument():
