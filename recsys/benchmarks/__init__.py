@@ -1,0 +1,1 @@
+"""Benchmarks users can run: each prints a table and writes JSON."""
