@@ -289,3 +289,32 @@ def test_get_config_round_trips_every_argument():
 def test_bad_arguments_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SparseAdam(**kwargs)
+
+
+def _xla_trace_count(optimizer):
+    return super(SparseAdam, optimizer)._update_step_xla.experimental_get_tracing_count()
+
+
+def test_jit_compile_runs_dense_under_xla_and_sparse_without(table):
+    # tf-keras enables XLA for the update only when a GPU is present; force it here so
+    # the dispatch (sparse gradients bypass XLA, whose shapes must be static) is tested.
+    steps = random_sparse_steps(seed=13, n_steps=3)
+    rng = np.random.default_rng(13)
+    dense_grads = [rng.normal(size=(ROWS, DIM)).astype(np.float32) for _ in range(2)]
+    results = []
+    for jit in (False, True):
+        sparse_opt, dense_opt = SparseAdam(0.01), SparseAdam(0.01)
+        sparse_opt.jit_compile = dense_opt.jit_compile = jit
+        sparse_var = apply_sparse_steps(sparse_opt, table, steps)
+        dense_var = tf.Variable(table)
+        for g in dense_grads:
+            dense_opt.apply_gradients([(tf.constant(g), dense_var)])
+        results.append((sparse_var.numpy(), dense_var.numpy()))
+        if jit:
+            # Sparse steps (a new unique-row count each step) never reach XLA, which
+            # would recompile for every new shape; the dense variable's steps do.
+            assert _xla_trace_count(sparse_opt) == 0
+            assert _xla_trace_count(dense_opt) >= 1
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(results[1][0][10:], table[10:])

@@ -165,7 +165,8 @@ class SparseAdam(_BaseAdam):
         # which rows a sparse update touches.
         return
 
-    def _decay_factor(self, variable: Any) -> Any | None:
+    def _weight_decay_rate(self, variable: Any) -> Any | None:
+        """`weight_decay * learning_rate` for `variable`, or None where no decay applies."""
         if self.weight_decay is None or not self._use_weight_decay(variable):
             return None
         lr = tf.cast(self.learning_rate, variable.dtype)
@@ -178,18 +179,14 @@ class SparseAdam(_BaseAdam):
 
     def update_step(self, gradient: Any, variable: Any) -> None:
         """Updates `variable` (and its slots) from `gradient`."""
-        decay = self._decay_factor(variable)
-        if not isinstance(gradient, tf.IndexedSlices):
-            if decay is not None:
-                # Same op, same order as the base optimizer's `_apply_weight_decay`.
-                variable.assign_sub(
-                    variable
-                    * tf.cast(self.weight_decay, variable.dtype)
-                    * tf.cast(self.learning_rate, variable.dtype)
-                )
-            super().update_step(gradient, variable)
+        decay = self._weight_decay_rate(variable)
+        if isinstance(gradient, tf.IndexedSlices):
+            self._sparse_update_step(gradient, variable, decay)
             return
-        self._sparse_update_step(gradient, variable, decay)
+        if decay is not None:
+            # What the base class's `_apply_weight_decay` does, for this variable.
+            variable.assign_sub(variable * decay)
+        super().update_step(gradient, variable)
 
     def _sparse_update_step(self, gradient: Any, variable: Any, decay: Any | None) -> None:
         # The expressions mirror tf-keras Adam's dense branch, so a row present in every
