@@ -1,0 +1,293 @@
+"""The run directory: what one training run leaves behind, and where.
+
+A run directory (Hydra's output directory, ``hydra.run.dir``) holds every artifact
+of one run::
+
+    RUN_DIR/
+      .hydra/                 Hydra's own record (config before resolution, overrides)
+      config.yaml             the resolved config the run used
+      train.log               the log (Hydra's job logging)
+      metrics.json            final test metrics at the top level, per-epoch history
+      history.json            per-epoch history, rewritten at each epoch end
+      checkpoints/            model + optimizer + epoch counter (resume from here)
+      tensorboard/            TensorBoard event files
+      curves.png              training curves
+      export/                 SavedModel with a ``serving_default`` signature
+      items.parquet           item ids and titles, for ``python -m recsys.recommend``
+
+This module does not import TensorFlow (the training loop's Keras callbacks live in
+:mod:`recsys.callbacks`), so it is safe to use before the hardware plan is applied.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+__all__ = [
+    "RunPaths",
+    "metric_value",
+    "plot_curves",
+    "project_root",
+    "read_history",
+    "register_resolvers",
+    "save_config",
+    "write_history",
+    "write_metrics",
+]
+
+ROOT_ENV_VAR = "RECSYS_ROOT"
+
+# History entries that are bookkeeping, not training curves.
+_NOT_CURVES = frozenset({"epoch", "epoch_seconds"})
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where each artifact of a run lives inside its run directory.
+
+    Args:
+        root: The run directory (Hydra's ``hydra.run.dir``).
+
+    Example:
+        >>> RunPaths(Path("/tmp/run")).metrics
+        PosixPath('/tmp/run/metrics.json')
+    """
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        """The resolved config (``config.yaml``)."""
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        """Final metrics and history (``metrics.json``)."""
+        return self.root / "metrics.json"
+
+    @property
+    def history(self) -> Path:
+        """Per-epoch history, rewritten at each epoch end (``history.json``)."""
+        return self.root / "history.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Checkpoint folder (``checkpoints/``)."""
+        return self.root / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard log folder (``tensorboard/``)."""
+        return self.root / "tensorboard"
+
+    @property
+    def curves(self) -> Path:
+        """Training-curves image (``curves.png``)."""
+        return self.root / "curves.png"
+
+    @property
+    def export(self) -> Path:
+        """The exported SavedModel (``export/``)."""
+        return self.root / "export"
+
+    @property
+    def items(self) -> Path:
+        """Item ids and titles for recommendations (``items.parquet``)."""
+        return self.root / "items.parquet"
+
+
+# ----------------------------------------------------------------------- config
+
+
+def project_root() -> Path:
+    """The project folder: the one holding ``conf/`` next to the ``recsys`` package.
+
+    ``$RECSYS_ROOT`` wins when set. Without it, and when the package is not used from
+    a checkout (no ``conf/`` beside it), the current directory is used.
+    """
+    if os.environ.get(ROOT_ENV_VAR):
+        return Path(os.environ[ROOT_ENV_VAR]).expanduser().resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "conf").is_dir():
+        return checkout
+    return Path.cwd().resolve()
+
+
+def register_resolvers() -> None:
+    """Register recsys's OmegaConf resolvers (idempotent).
+
+    ``${recsys.project_root:}`` resolves to :func:`project_root`, so configs can name
+    files relative to the project whatever the current directory is.
+    """
+    if not OmegaConf.has_resolver("recsys.project_root"):
+        OmegaConf.register_new_resolver("recsys.project_root", lambda: str(project_root()))
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    """Write ``cfg`` resolved (every interpolation replaced by its value) as YAML.
+
+    Args:
+        cfg: The composed config.
+        path: Destination file; its folder is created.
+    """
+    if "hydra" in cfg:  # a test's compose(return_hydra_config=True) keeps Hydra's node
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn NumPy/TensorFlow scalars and arrays into plain JSON values."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, str | bytes):
+        return value.decode() if isinstance(value, bytes) else value
+    if isinstance(value, Sequence):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "numpy"):  # tf.Tensor / tf.Variable
+        value = value.numpy()
+    if hasattr(value, "tolist"):  # NumPy scalar or array
+        return _jsonable(value.tolist()) if not isinstance(value, numbers.Number) else value.item()
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so a killed run never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_history(path: Path, history: Mapping[str, Sequence[float]]) -> None:
+    """Write per-epoch history (``{"epoch": [1, 2, ...], "loss": [...], ...}``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, json.dumps(_jsonable(history), indent=2) + "\n")
+
+
+def read_history(path: Path, epochs: int) -> dict[str, list[float]]:
+    """Read the history written by :func:`write_history`, keeping the first ``epochs``.
+
+    A resumed run keeps the epochs its checkpoint holds and drops any the checkpoint
+    does not (an epoch whose history was written but whose checkpoint was not).
+
+    Args:
+        path: ``history.json``; a missing file is an empty history.
+        epochs: Number of completed epochs to keep.
+
+    Returns:
+        Metric name to per-epoch values.
+    """
+    if epochs <= 0 or not path.exists():
+        return {}
+    history = json.loads(path.read_text())
+    return {name: list(values)[:epochs] for name, values in history.items()}
+
+
+def write_metrics(
+    path: Path,
+    metrics: Mapping[str, Any],
+    history: Mapping[str, Sequence[float]],
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write ``metrics.json``: final metrics at the top level, history under ``"history"``.
+
+    Args:
+        path: Destination file.
+        metrics: Final metrics, e.g. ``{"test/recall@100": 0.41, ...}``.
+        history: Per-epoch history (see :func:`write_history`).
+        **extra: Other top-level entries (``epochs``, ``resumed_from_epoch``, ...).
+
+    Returns:
+        The object written.
+
+    Raises:
+        ValueError: A metric name collides with ``"history"`` or an ``extra`` key.
+    """
+    clash = set(metrics) & ({"history"} | set(extra))
+    if clash:
+        raise ValueError(f"Metric names collide with metrics.json's own keys: {sorted(clash)}")
+    payload = {**_jsonable(dict(metrics)), **_jsonable(extra), "history": _jsonable(history)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    return payload
+
+
+def metric_value(metrics: Mapping[str, Any], name: str | None) -> float | None:
+    """The value of the metric a sweep optimizes.
+
+    Args:
+        metrics: What :func:`recsys.train.train` returned.
+        name: ``cfg.optimized_metric``; None means nothing is optimized.
+
+    Returns:
+        The metric as a float, or None when ``name`` is None.
+
+    Raises:
+        KeyError: ``name`` is not among the metrics (the message lists them).
+    """
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(
+            f"optimized_metric={name!r} is not among this run's metrics: {sorted(metrics)}. "
+            "Set `optimized_metric` to one of them."
+        )
+    return float(metrics[name])
+
+
+# ----------------------------------------------------------------------- curves
+
+
+def plot_curves(history: Mapping[str, Sequence[float]], path: Path, title: str = "") -> None:
+    """Draw one panel per metric (training and ``val_`` curves together) into a PNG.
+
+    Args:
+        history: Per-epoch history with an ``"epoch"`` entry (1-based epoch numbers).
+        path: Destination PNG.
+        title: Figure title (e.g. the task name).
+    """
+    # The object-oriented API: no pyplot, no global backend state, safe in any thread.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = list(history.get("epoch", []))
+    names = sorted({k.removeprefix("val_") for k in history if k not in _NOT_CURVES})
+    figure = Figure(figsize=(4.5 * max(len(names), 1), 3.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, max(len(names), 1), squeeze=False)[0]
+    for axis, name in zip(axes, names, strict=False):
+        for key, label in ((name, "train"), (f"val_{name}", "validation")):
+            if key in history and len(history[key]) == len(epochs):
+                axis.plot(epochs, history[key], marker="o", label=label)
+        axis.set_title(name)
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.legend()
+        axis.grid(alpha=0.3)
+    if not names:
+        axes[0].text(0.5, 0.5, "no completed epochs", ha="center", va="center")
+        axes[0].set_axis_off()
+    if title:
+        figure.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
