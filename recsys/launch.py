@@ -57,6 +57,7 @@ __all__ = [
     "configure_tensorflow_threads",
     "main",
     "make_plan",
+    "without_launcher_values",
 ]
 
 #: Comma-separated env keys that a recsys launcher (not the user) set for this process.
@@ -567,6 +568,20 @@ def make_plan(
         settings=tuple(decider.settings),
         warnings=tuple(decider.warnings),
     )
+
+
+def without_launcher_values(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` minus the variables a recsys launcher set (and its marker).
+
+    Use it as the base when planning for a process whose CPUs differ from this one's
+    (a sweep job on a share of the cores), so the parent's decisions are not inherited.
+
+    Example:
+        >>> without_launcher_values({"A": "1", "OMP_NUM_THREADS": "2", LAUNCHER_KEYS_VAR: "OMP_NUM_THREADS"})
+        {'A': '1'}
+    """
+    ours = {k for k in environ.get(LAUNCHER_KEYS_VAR, "").split(",") if k}
+    return {k: v for k, v in environ.items() if k not in ours and k != LAUNCHER_KEYS_VAR}
 
 
 # --------------------------------------------------------------------------- apply
