@@ -1,5 +1,54 @@
 """Datasets: fetched, verified, cached as Parquet, split, and streamed with tf.data.
 
-Importing this package does not import TensorFlow; only
-:mod:`recsys.data.pipelines` (and the data modules' dataset methods) do.
+- :func:`load_movielens` / :class:`MovieLens`: MovieLens 100K, 1M, 20M, 25M, latest-small.
+- :func:`load_imdb` / :class:`Imdb`: the labelled IMDB reviews.
+- :mod:`recsys.data.splits`: random, leave-last-out, time-cutoff and validation splits.
+- :class:`MovieLensDataModule`, :class:`ImdbDataModule`: what ``conf/data/*.yaml`` builds.
+- :mod:`recsys.data.sources`: download, checksum, cache, mirrors, safe extraction.
+- :mod:`recsys.data.pipelines`: tf.data pipelines, vocabularies, text vectorization.
+
+Importing this package does not import TensorFlow; only :mod:`recsys.data.pipelines`
+(and the data modules' dataset methods) do.
+
+Example:
+    >>> from recsys.data import load_movielens
+    >>> ml = load_movielens("100k")  # doctest: +SKIP
+    >>> len(ml.ratings)  # doctest: +SKIP
+    100000
 """
+
+from recsys.data import splits
+from recsys.data.imdb import Imdb, load_imdb
+from recsys.data.modules import ImdbDataModule, MovieLensDataModule
+from recsys.data.movielens import VARIANTS, MovieLens, load_movielens
+from recsys.data.sources import (
+    ChecksumError,
+    DataError,
+    DatasetUnavailableError,
+    DownloadError,
+    MalformedDataError,
+    MissingMemberError,
+    UnsafeArchiveError,
+    resolve_data_dir,
+    safe_extract,
+)
+
+__all__ = [
+    "VARIANTS",
+    "ChecksumError",
+    "DataError",
+    "DatasetUnavailableError",
+    "DownloadError",
+    "Imdb",
+    "ImdbDataModule",
+    "MalformedDataError",
+    "MissingMemberError",
+    "MovieLens",
+    "MovieLensDataModule",
+    "UnsafeArchiveError",
+    "load_imdb",
+    "load_movielens",
+    "resolve_data_dir",
+    "safe_extract",
+    "splits",
+]

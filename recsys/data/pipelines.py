@@ -1,0 +1,300 @@
+"""tf.data pipelines and vocabularies built from the normalized (Parquet-cached) tables.
+
+The one data module that imports TensorFlow. Tables are held in memory as tensors;
+a batch is a vectorized gather of row indices, so the per-row Python and tf.data
+overhead is paid once per batch, not once per row:
+
+- shuffled training data draws a fresh permutation per epoch with
+  ``stateless_shuffle`` seeded from ``Dataset.random(seed, rerandomize_each_iteration=True)``
+  (deterministic for a seed, different every epoch, no shuffle buffer);
+- evaluation data is batched in table order and cached after the first pass;
+- item features (``title``, ``genres`` as a ragged string tensor) are joined per
+  batch by gathering rows of the item table.
+
+Vocabularies are built from the training split only; lookups map anything else to
+the out-of-vocabulary index 0.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from recsys._tf import keras, tf
+from recsys.data.modules import vocabulary
+
+__all__ = [
+    "candidates_dataset",
+    "make_lookup",
+    "ratings_dataset",
+    "standardize_text",
+    "text_dataset",
+    "text_vectorizer",
+    "vocabulary",
+]
+
+AUTOTUNE = tf.data.AUTOTUNE
+_PUNCTUATION = f"[{re.escape(string.punctuation)}]"
+
+
+def make_lookup(
+    vocab: Sequence[str] | np.ndarray, num_oov_indices: int = 1, invert: bool = False
+) -> keras.layers.StringLookup:
+    """A tf-keras ``StringLookup`` over ``vocab``: known ids -> 1..len(vocab), others -> 0.
+
+    Args:
+        vocab: The vocabulary (e.g. from the training split only).
+        num_oov_indices: Out-of-vocabulary buckets (index 0.. before the vocabulary).
+        invert: Map indices back to strings instead.
+
+    Example:
+        >>> lookup = make_lookup(["a", "b"])
+        >>> lookup(tf.constant(["b", "zzz"])).numpy().tolist()
+        [2, 0]
+    """
+    return keras.layers.StringLookup(
+        vocabulary=np.asarray(vocab, dtype=object),
+        mask_token=None,
+        num_oov_indices=num_oov_indices,
+        invert=invert,
+    )
+
+
+def _string_tensor(values: pd.Series | np.ndarray) -> tf.Tensor:
+    return tf.constant(np.asarray(values, dtype=object), dtype=tf.string)
+
+
+def _columns(ratings: pd.DataFrame) -> dict[str, tf.Tensor]:
+    return {
+        "user_id": _string_tensor(ratings["user_id"]),
+        "item_id": _string_tensor(ratings["item_id"]),
+        "rating": tf.constant(ratings["rating"].to_numpy(np.float32)),
+        "timestamp": tf.constant(ratings["timestamp"].to_numpy(np.int64)),
+    }
+
+
+def _item_features(items: pd.DataFrame) -> dict[str, tf.Tensor | tf.RaggedTensor]:
+    genres = items["genres"]
+    lengths = np.fromiter((len(g) for g in genres), dtype=np.int64, count=len(genres))
+    flat = [g for row in genres for g in row]
+    return {
+        "title": _string_tensor(items["title"]),
+        "genres": tf.RaggedTensor.from_row_lengths(
+            tf.constant(np.asarray(flat, dtype=object), dtype=tf.string, shape=[len(flat)]),
+            lengths,
+        ),
+    }
+
+
+def _batch_indices(index: tf.Tensor, batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
+    """Split a 1-D index tensor into batches with one reshape (no per-element work)."""
+    n = tf.shape(index, out_type=tf.int64)[0]
+    full = (n // batch_size) * batch_size
+    ds = tf.data.Dataset.from_tensor_slices(tf.reshape(index[:full], [-1, batch_size]))
+    if not drop_remainder:
+        rest = tf.data.Dataset.from_tensors(index[full:]).filter(lambda r: tf.size(r) > 0)
+        ds = ds.concatenate(rest)
+    return ds
+
+
+def _index_batches(
+    n: int, batch_size: int, shuffle: bool, seed: int, drop_remainder: bool
+) -> tf.data.Dataset:
+    """Batches of row indices; shuffled ones use a fresh seeded permutation per epoch."""
+    if not shuffle:
+        return _batch_indices(tf.range(n, dtype=tf.int64), batch_size, drop_remainder)
+
+    def permute(epoch_seed: tf.Tensor) -> tf.data.Dataset:
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([epoch_seed, tf.constant(seed, tf.int64)])
+        )
+        return _batch_indices(perm, batch_size, drop_remainder)
+
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    return seeds.flat_map(permute)
+
+
+def ratings_dataset(
+    ratings: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    *,
+    batch_size: int = 4096,
+    shuffle: bool = False,
+    seed: int = 42,
+    drop_remainder: bool = False,
+    cache: bool | None = None,
+) -> tf.data.Dataset:
+    """Batches of rating rows as dicts of tensors.
+
+    Each batch has ``user_id`` (tf.string), ``item_id`` (tf.string), ``rating``
+    (tf.float32), ``timestamp`` (tf.int64), all shaped ``[batch]``, plus, when
+    ``items`` is given, ``title`` (tf.string, ``[batch]``) and ``genres`` (ragged
+    tf.string, ``[batch, None]``) of each row's item.
+
+    Args:
+        ratings: user_id, item_id, rating, timestamp.
+        items: The item table (item_id, title, genres) to join features from.
+        batch_size: Rows per batch.
+        shuffle: Shuffle rows, with a new permutation every epoch (seeded).
+        seed: Seed of the permutations.
+        drop_remainder: Drop the last short batch.
+        cache: Cache the batches after the first pass; default: when not shuffling.
+
+    Returns:
+        A ``tf.data.Dataset`` of dict batches, prefetched.
+
+    Raises:
+        ValueError: an item of ``ratings`` is missing from ``items``.
+
+    Example:
+        >>> ds = ratings_dataset(ml.ratings, ml.items, batch_size=4096, shuffle=True)  # doctest: +SKIP
+        >>> next(iter(ds))["genres"].shape  # doctest: +SKIP
+        TensorShape([4096, None])
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+    columns = _columns(ratings)
+    features: dict[str, tf.Tensor | tf.RaggedTensor] = {}
+    item_rows = None
+    if items is not None:
+        position = pd.Index(items["item_id"].astype(str)).get_indexer(
+            ratings["item_id"].astype(str)
+        )
+        if (position < 0).any():
+            missing = ratings["item_id"].to_numpy()[position < 0][:5].tolist()
+            raise ValueError(
+                f"{int((position < 0).sum())} ratings name items missing from the item table, "
+                f"e.g. {missing}; pass the item table of the same dataset"
+            )
+        item_rows = tf.constant(position.astype(np.int64))
+        features = _item_features(items)
+
+    def gather(index: tf.Tensor) -> dict[str, tf.Tensor | tf.RaggedTensor]:
+        batch = {name: tf.gather(values, index) for name, values in columns.items()}
+        if item_rows is not None:
+            rows = tf.gather(item_rows, index)
+            for name, values in features.items():
+                batch[name] = tf.gather(values, rows)
+        return batch
+
+    ds = _index_batches(len(ratings), batch_size, shuffle, seed, drop_remainder)
+    ds = ds.map(gather, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache if cache is not None else not shuffle:
+        ds = ds.cache()
+    return ds.prefetch(AUTOTUNE)
+
+
+def candidates_dataset(items: pd.DataFrame, batch_size: int = 1024) -> tf.data.Dataset:
+    """All items with their features, in table order, batched and cached.
+
+    Each batch: ``item_id``, ``title`` (tf.string ``[batch]``), ``genres`` (ragged
+    tf.string ``[batch, None]``), ``year`` (tf.int64, 0 where unknown).
+
+    Example:
+        >>> next(iter(candidates_dataset(ml.items, 128)))["item_id"].shape  # doctest: +SKIP
+        TensorShape([128])
+    """
+    columns = {"item_id": _string_tensor(items["item_id"]), **_item_features(items)}
+    columns["year"] = tf.constant(items["year"].fillna(0).to_numpy(np.int64))
+
+    def gather(index: tf.Tensor) -> dict[str, tf.Tensor | tf.RaggedTensor]:
+        return {name: tf.gather(values, index) for name, values in columns.items()}
+
+    ds = tf.data.Dataset.range(len(items)).batch(batch_size)
+    return (
+        ds.map(gather, num_parallel_calls=AUTOTUNE, deterministic=True).cache().prefetch(AUTOTUNE)
+    )
+
+
+# --------------------------------------------------------------------------- text
+
+
+@keras.utils.register_keras_serializable(package="recsys")
+def standardize_text(text: tf.Tensor) -> tf.Tensor:
+    """Lowercase, replace ``<br />`` with a space, strip ASCII punctuation.
+
+    The standardization of the seed IMDB example; registered as
+    ``recsys>standardize_text`` so models holding the vectorizer reload.
+
+    Example:
+        >>> standardize_text(tf.constant(["Great!<br />Loved it."])).numpy().tolist()
+        [b'great loved it']
+    """
+    lowered = tf.strings.lower(text)
+    no_html = tf.strings.regex_replace(lowered, "<br />", " ")
+    return tf.strings.regex_replace(no_html, _PUNCTUATION, "")
+
+
+def text_vectorizer(
+    texts: pd.Series | Sequence[str] | np.ndarray,
+    max_tokens: int = 20000,
+    sequence_length: int = 500,
+    batch_size: int = 1024,
+) -> keras.layers.TextVectorization:
+    """A ``TextVectorization`` layer adapted on ``texts`` (pass the training texts only).
+
+    Args:
+        texts: Training texts.
+        max_tokens: Vocabulary size including the padding and OOV tokens.
+        sequence_length: Output length (padded or truncated).
+        batch_size: Batch size used while adapting.
+
+    Returns:
+        The adapted layer: raw strings ``[batch]`` -> int64 ``[batch, sequence_length]``.
+
+    Example:
+        >>> vec = text_vectorizer(["a good film", "a bad film"], max_tokens=10, sequence_length=4)
+        >>> vec(tf.constant(["A GOOD, good film!"])).shape
+        TensorShape([1, 4])
+    """
+    layer = keras.layers.TextVectorization(
+        max_tokens=max_tokens,
+        standardize=standardize_text,
+        output_mode="int",
+        output_sequence_length=sequence_length,
+    )
+    layer.adapt(
+        tf.data.Dataset.from_tensor_slices(_string_tensor(pd.Series(texts))).batch(batch_size)
+    )
+    return layer
+
+
+def text_dataset(
+    frame: pd.DataFrame,
+    *,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int = 42,
+    cache: bool | None = None,
+) -> tf.data.Dataset:
+    """``(raw_text: tf.string [batch], label: tf.float32 [batch])`` batches.
+
+    Args:
+        frame: ``text`` and ``label`` columns.
+        batch_size: Reviews per batch.
+        shuffle: New seeded permutation every epoch.
+        seed: Seed of the permutations.
+        cache: Cache the batches; default: when not shuffling.
+
+    Example:
+        >>> text, label = next(iter(text_dataset(imdb.test, batch_size=32)))  # doctest: +SKIP
+        >>> text.dtype, label.dtype  # doctest: +SKIP
+        (tf.string, tf.float32)
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+    texts = _string_tensor(frame["text"])
+    labels = tf.constant(frame["label"].to_numpy(np.float32))
+
+    def gather(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return tf.gather(texts, index), tf.gather(labels, index)
+
+    ds = _index_batches(len(frame), batch_size, shuffle, seed, drop_remainder=False)
+    ds = ds.map(gather, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache if cache is not None else not shuffle:
+        ds = ds.cache()
+    return ds.prefetch(AUTOTUNE)
