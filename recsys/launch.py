@@ -62,7 +62,8 @@ __all__ = [
 
 #: Comma-separated env keys that a recsys launcher (not the user) set for this process.
 LAUNCHER_KEYS_VAR = "RECSYS_LAUNCH_SET"
-#: Pid of a process that already re-executed itself to apply LD_PRELOAD (exec keeps the pid).
+#: Set by a process that re-executed itself to apply LD_PRELOAD: JSON with its pid (exec
+#: keeps the pid) and the preload variables' values before, so it re-executes at most once.
 REEXEC_VAR = "RECSYS_LAUNCH_REEXEC"
 
 ALLOCATOR_CHOICES = ("auto", "none", *ALLOCATOR_LIBRARIES)
@@ -93,7 +94,9 @@ SETTING_HELP: Mapping[str, str] = {
 def _positive_int_or_none(name: str, value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive integer or null (auto); received {value!r}.")
+    if not isinstance(value, int):
         try:
             if isinstance(value, str) and value.strip().lower() in ("", "auto", "null", "none"):
                 return None
@@ -655,12 +658,14 @@ def apply_hardware_plan(
             RuntimeWarning,
             stacklevel=2,
         )
-    plan = make_plan(overrides, hardware)
+    reexec = _reexec_state()
+    # After our own re-execution, plan against the environment as it was before it, so
+    # the plan (and its table) is the same one that asked for the re-execution.
+    plan = make_plan(overrides, hardware, environ=_restored(os.environ, reexec))
     stream = sys.stderr if stream is None else stream
-    reexec_marker = str(os.getpid())
     if _preload_needs_restart(plan, os.environ):
         argv = list(getattr(sys, "orig_argv", []))
-        if os.environ.get(REEXEC_VAR) == reexec_marker:
+        if reexec is not None:
             plan = _with_warning(
                 plan,
                 f"LD_PRELOAD={plan.setting('LD_PRELOAD').value} differs from the environment "
@@ -673,17 +678,11 @@ def apply_hardware_plan(
                 "re-execute. Start it with `python -m recsys.launch -- python ...`.",
             )
         else:
-            env = plan.environ(os.environ)
-            env[REEXEC_VAR] = reexec_marker
-            for s in (sys.stdout, sys.stderr):
-                s.flush()
-            if plan.cpus:
-                os.sched_setaffinity(0, plan.cpus)
-            execve(sys.executable, [sys.executable, *argv[1:]], env)
+            _reexec(plan, argv, execve)
             return plan  # only reached when execve is a test double
     if (
         plan.allocator
-        and os.environ.get(REEXEC_VAR) == reexec_marker
+        and reexec is not None
         and Path(plan.allocator).name not in _loaded_libraries()
     ):
         plan = _with_warning(
@@ -701,6 +700,58 @@ def apply_hardware_plan(
     if run_dir is not None:
         plan.save(run_dir)
     return plan
+
+
+_PRELOAD_KEYS = ("LD_PRELOAD", "MALLOC_CONF")
+
+
+def _reexec_state() -> dict[str, Any] | None:
+    """What this process's own re-execution recorded, or None if it did not re-execute.
+
+    The marker holds the pid (exec keeps it, children get new ones) and the values the
+    preload variables had before, so a child process is never mistaken for a re-execution.
+    """
+    raw = os.environ.get(REEXEC_VAR)
+    if not raw:
+        return None
+    try:
+        state = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(state, dict) or state.get("pid") != os.getpid():
+        return None
+    return state
+
+
+def _restored(environ: Mapping[str, str], reexec: Mapping[str, Any] | None) -> dict[str, str]:
+    env = dict(environ)
+    if reexec is not None:
+        for key, value in dict(reexec.get("restore", {})).items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        env.pop(REEXEC_VAR, None)
+    return env
+
+
+def _reexec(
+    plan: Plan,
+    argv: Sequence[str],
+    execve: Callable[[str, Sequence[str], Mapping[str, str]], Any],
+) -> None:
+    """Replace this process by a fresh start of the same command with the preload set."""
+    env = dict(os.environ)
+    wanted = plan.env()
+    for key in _PRELOAD_KEYS:
+        if key in wanted:
+            env[key] = wanted[key]
+    env[REEXEC_VAR] = json.dumps(
+        {"pid": os.getpid(), "restore": {k: os.environ.get(k) for k in _PRELOAD_KEYS}}
+    )
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    execve(sys.executable, [sys.executable, *argv[1:]], env)
 
 
 def _with_warning(plan: Plan, message: str) -> Plan:
