@@ -100,6 +100,12 @@ class TrainingState:
         if self._restore_status is not None:
             self._restore_status.assert_existing_objects_matched()
 
+    def expect_partial(self) -> None:
+        """Silence warnings about checkpointed values never used (e.g. optimizer slots
+        of a finished run that is only evaluated again)."""
+        if self._restore_status is not None:
+            self._restore_status.expect_partial()
+
     def save(self, completed_epochs: int) -> str:
         """Save the state after ``completed_epochs`` epochs; returns the checkpoint path."""
         self.epoch.assign(completed_epochs)

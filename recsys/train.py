@@ -167,6 +167,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         train_seconds = time.perf_counter() - start
     else:
         log.info("Nothing to train: %d of %d epochs already completed", initial_epoch, epochs)
+        state.expect_partial()
 
     log.info("Evaluating")
     metrics: dict[str, float] = {}

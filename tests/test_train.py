@@ -1,0 +1,211 @@
+"""recsys.train's loop and artifacts, on fake data and a fake model (tests/train_fixtures.py).
+
+What is checked: every artifact of a run lands in the run directory with the names
+scripts rely on; ``main`` returns the optimized metric; a run interrupted mid-epoch
+and started again resumes from its last checkpoint and ends in exactly the state of
+an uninterrupted run; the command line resumes too; a 2-point multirun works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from train_fixtures import PROJECT_ROOT, TESTS_DIR, compose_train
+
+from recsys.callbacks import SimulatedFault
+from recsys.train import main, train
+
+# FakeDataModule: 240 ratings, 70% train = 168 rows, batch 16 -> 11 batches per epoch.
+STEPS_PER_EPOCH = 11
+
+
+def _weights(objects: dict) -> list[np.ndarray]:
+    return [w.numpy() for w in objects["model"].weights]
+
+
+def _optimizer_state(objects: dict) -> list[np.ndarray]:
+    return [v.numpy() for v in objects["optimizer"].variables]
+
+
+def test_run_writes_every_artifact(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cfg = compose_train(["trainer.epochs=2", "task_name=artifacts"], run_dir=run_dir, fake=True)
+    metrics, _ = train(cfg)
+
+    for name in ("config.yaml", "metrics.json", "history.json", "curves.png", "hardware.json"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "export" / "saved_model.pb").is_file()
+    assert (run_dir / "items.parquet").is_file()
+    assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (run_dir / "checkpoints" / "checkpoint").is_file()
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"val/rmse", "val/mae", "test/rmse", "test/mae"}
+    for name, value in metrics.items():
+        assert written[name] == pytest.approx(value)
+        assert np.isfinite(value)
+    assert written["epochs"] == 2
+    assert written["resumed_from_epoch"] == 0
+    assert written["task_name"] == "artifacts"
+    history = written["history"]
+    assert history["epoch"] == [1, 2]
+    assert len(history["loss"]) == len(history["val_loss"]) == 2
+    assert history["loss"][1] < history["loss"][0]
+
+    resolved = (run_dir / "config.yaml").read_text()
+    assert "${" not in resolved  # interpolations resolved
+    assert f"output_dir: {run_dir.resolve()}" in resolved
+
+
+def test_main_returns_optimized_metric(tmp_path: Path) -> None:
+    cfg = compose_train(
+        ["trainer.epochs=1", "optimized_metric=val/rmse", "trainer.tensorboard=false"],
+        run_dir=tmp_path,
+        fake=True,
+    )
+    value = main.__wrapped__(cfg)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert isinstance(value, float)
+    assert value == pytest.approx(written["val/rmse"])
+
+
+def test_unknown_optimized_metric_names_the_choices(tmp_path: Path) -> None:
+    cfg = compose_train(
+        ["trainer.epochs=1", "optimized_metric=val/nope", "trainer.export=false"],
+        run_dir=tmp_path,
+        fake=True,
+    )
+    with pytest.raises(KeyError, match=r"val/nope.*test/rmse"):
+        main.__wrapped__(cfg)
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_state(tmp_path: Path) -> None:
+    common = ["trainer.epochs=3", "trainer.tensorboard=false", "trainer.export=false"]
+    _, reference = train(compose_train(common, run_dir=tmp_path / "reference", fake=True))
+    reference_history = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+
+    run_dir = tmp_path / "interrupted"
+    # Fails three steps into the second epoch, after epoch 1's checkpoint.
+    fault = f"trainer.fault_after_batches={STEPS_PER_EPOCH + 3}"
+    with pytest.raises(SimulatedFault):
+        train(compose_train([*common, fault], run_dir=run_dir, fake=True))
+    assert not (run_dir / "metrics.json").exists()
+    assert json.loads((run_dir / "history.json").read_text())["epoch"] == [1]
+
+    _, resumed = train(compose_train(common, run_dir=run_dir, fake=True))
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written["resumed_from_epoch"] == 1
+    assert written["epochs"] == 3
+    assert written["history"]["epoch"] == [1, 2, 3]
+    np.testing.assert_allclose(
+        written["history"]["loss"], reference_history["history"]["loss"], rtol=1e-6
+    )
+    assert int(resumed["optimizer"].iterations.numpy()) == 3 * STEPS_PER_EPOCH
+    for got, want in zip(_weights(resumed), _weights(reference), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    for got, want in zip(_optimizer_state(resumed), _optimizer_state(reference), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert written["test/rmse"] == pytest.approx(reference_history["test/rmse"], rel=1e-6)
+
+
+def test_finished_run_is_not_trained_again_and_more_epochs_continue(tmp_path: Path) -> None:
+    common = ["trainer.tensorboard=false", "trainer.export=false"]
+    first, _ = train(compose_train([*common, "trainer.epochs=1"], run_dir=tmp_path, fake=True))
+    again, objects = train(
+        compose_train([*common, "trainer.epochs=1"], run_dir=tmp_path, fake=True)
+    )
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["resumed_from_epoch"] == 1
+    assert written["train_seconds"] == 0
+    assert int(objects["optimizer"].iterations.numpy()) == STEPS_PER_EPOCH  # restored, not stepped
+    assert again == pytest.approx(first, rel=1e-6)  # the restored model, evaluated again
+
+    train(compose_train([*common, "trainer.epochs=2"], run_dir=tmp_path, fake=True))
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["history"]["epoch"] == [1, 2]
+    assert written["resumed_from_epoch"] == 1
+
+
+def test_resume_false_starts_over(tmp_path: Path) -> None:
+    common = ["trainer.epochs=1", "trainer.tensorboard=false", "trainer.export=false"]
+    train(compose_train(common, run_dir=tmp_path, fake=True))
+    train(compose_train([*common, "trainer.resume=false"], run_dir=tmp_path, fake=True))
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["resumed_from_epoch"] == 0
+    assert written["history"]["epoch"] == [1]
+
+
+def _cli(args: list[str], cwd: Path, multirun: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m recsys.train`` with the fake data/model configs, from ``cwd``."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    fake = [
+        f"hydra.searchpath=[file://{TESTS_DIR / 'configs'}]",
+        "data=fake",
+        "model=fake",
+        "hardware.allocator=none",
+        "trainer.tensorboard=false",
+        "trainer.verbose=2",
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "recsys.train", *(["-m"] if multirun else []), *fake, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_command_line_run_killed_then_rerun_resumes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "cli run"  # a space: paths must survive the override parser
+    args = ["trainer.epochs=2", f"hydra.run.dir='{run_dir}'"]
+    failed = _cli([*args, f"trainer.fault_after_batches={STEPS_PER_EPOCH + 1}"], cwd=tmp_path)
+    assert failed.returncode != 0
+    assert "SimulatedFault" in failed.stderr
+    assert not (run_dir / "metrics.json").exists()
+
+    done = _cli(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written["resumed_from_epoch"] == 1
+    assert written["history"]["epoch"] == [1, 2]
+    assert (run_dir / "train.log").is_file()
+    assert "Resuming from" in (run_dir / "train.log").read_text()
+    assert (run_dir / ".hydra" / "overrides.yaml").is_file()
+    assert not (tmp_path / "outputs").exists()  # nothing outside the run dir
+    assert not (PROJECT_ROOT / "outputs").exists()
+
+
+def test_multirun_two_learning_rates(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    done = _cli(
+        [
+            "trainer.epochs=1",
+            "trainer.export=false",
+            "optimized_metric=val/rmse",
+            "optimizer.learning_rate=1e-3,3e-2",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+        multirun=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rmse = []
+    for job, lr in (("0", 1e-3), ("1", 3e-2)):
+        job_dir = sweep_dir / job
+        written = json.loads((job_dir / "metrics.json").read_text())
+        rmse.append(written["val/rmse"])
+        assert f"learning_rate: {lr}" in (job_dir / "config.yaml").read_text()
+    assert rmse[0] != rmse[1]
+    assert (sweep_dir / "multirun.yaml").is_file()
