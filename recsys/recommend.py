@@ -2,7 +2,7 @@
 
 Example::
 
-    python -m recsys.recommend logs/movielens_retrieval/runs/2026-01-01_12-00-00 --user-id 42 -k 10
+    python -m recsys.recommend outputs/movielens_retrieval/runs/2026-01-01_12-00-00 --user-id 42 -k 10
 
 Loads ``<run dir>/export`` (the SavedModel ``recsys.train`` wrote), asks its
 ``serving_default`` signature for the user's top items, and prints them with their

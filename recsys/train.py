@@ -87,6 +87,12 @@ def _tensorboard_installed() -> bool:
     return False
 
 
+def _has_rows(datamodule: Any, split: str) -> bool:
+    """False when the data module exposes the split as a frame and it is empty."""
+    frame = getattr(datamodule, split, None)
+    return frame is None or len(frame) > 0
+
+
 def _limit(dataset: Any, batches: int | None) -> Any:
     return dataset if batches is None else dataset.take(int(batches))
 
@@ -134,6 +140,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     history = read_history(paths.history, initial_epoch)
     epochs = int(trainer.epochs)
 
+    has_val = _has_rows(datamodule, "val")
+    if not has_val:
+        log.info("No validation split (e.g. data.val_fraction=0): no validation, no val/ metrics")
     train_seconds = 0.0
     if initial_epoch < epochs:
         train_data = _limit(datamodule.train_dataset(), trainer.limit_train_batches)
@@ -143,7 +152,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         for _ in range(initial_epoch):
             iter(train_data)
         val_data = None
-        if trainer.validate:
+        if trainer.validate and has_val:
             val_data = _limit(datamodule.val_dataset(), trainer.limit_val_batches)
         callbacks = [HistoryRecorder(paths.history, history), EpochCheckpoint(state)]
         if trainer.tensorboard and _tensorboard_installed():
@@ -171,7 +180,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     log.info("Evaluating")
     metrics: dict[str, float] = {}
-    if trainer.val_metrics:
+    if trainer.val_metrics and has_val:
         metrics.update(model.evaluate_metrics(datamodule, split="val"))
     metrics.update(model.evaluate_metrics(datamodule, split="test"))
     for name, value in sorted(metrics.items()):

@@ -69,10 +69,17 @@ class FakeDataModule:
         num_ratings: Number of (user, item, rating) rows.
         batch_size: Batch size of the datasets.
         seed: Seeds the data and the training order.
+        data_dir: Accepted like the real data modules' cache root; unused.
     """
 
     def __init__(
-        self, num_users: int, num_items: int, num_ratings: int, batch_size: int, seed: int
+        self,
+        num_users: int,
+        num_items: int,
+        num_ratings: int,
+        batch_size: int,
+        seed: int,
+        data_dir: str | None = None,
     ) -> None:
         self.num_users = num_users
         self.num_items = num_items
@@ -185,3 +192,61 @@ class FakeModel(keras.Model):
 
         module.serve = serve
         tf.saved_model.save(module, path, signatures={"serving_default": serve})
+
+
+def write_tiny_movielens(
+    folder: Path, num_users: int = 30, num_items: int = 40, num_ratings: int = 600, seed: int = 0
+) -> Path:
+    """Write a small MovieLens-100K release in the official layout (u.data, u.item, u.user).
+
+    Every user rates at least a few items, so every split has users seen in training.
+
+    Returns:
+        ``folder``, ready for ``data.path``.
+    """
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs: set[tuple[int, int]] = set()
+    while len(pairs) < num_ratings:
+        user = len(pairs) % num_users + 1  # round-robin users: each gets ~num_ratings/num_users
+        pairs.add((user, int(rng.integers(1, num_items + 1))))
+    rows = [
+        f"{u}\t{i}\t{int(rng.integers(1, 6))}\t{874965758 + n}" for n, (u, i) in enumerate(pairs)
+    ]
+    (folder / "u.data").write_text("\n".join(rows) + "\n")
+    items = []
+    for i in range(1, num_items + 1):
+        flags = ["0"] * 19
+        flags[i % 19] = "1"
+        title = f"Movie number {i} ({1950 + i})"
+        items.append("|".join([str(i), title, f"01-Jan-{1950 + i}", "", "http://x", *flags]))
+    (folder / "u.item").write_text("\n".join(items) + "\n", encoding="latin-1")
+    users = [f"{u}|{20 + u % 40}|{'MF'[u % 2]}|student|0{u:04d}" for u in range(1, num_users + 1)]
+    (folder / "u.user").write_text("\n".join(users) + "\n")
+    return folder
+
+
+_POSITIVE = ["great", "wonderful", "moving", "brilliant", "loved", "superb", "funny", "touching"]
+_NEGATIVE = ["awful", "boring", "terrible", "dull", "hated", "poor", "weak", "predictable"]
+
+
+def write_tiny_imdb(folder: Path, per_folder: int = 24, seed: int = 0) -> Path:
+    """Write a small aclImdb tree (``aclImdb/{train,test}/{pos,neg}/ID_RATING.txt``).
+
+    Positive reviews use positive words and negative ones negative words, so even a
+    short training run separates them.
+
+    Returns:
+        ``folder / "aclImdb"``'s parent, ready for ``data.path``.
+    """
+    rng = np.random.default_rng(seed)
+    filler = ["the", "film", "plot", "actor", "scene", "story", "and", "was", "it", "this", "movie"]
+    for split in ("train", "test"):
+        for label, words, ratings in (("pos", _POSITIVE, (7, 10)), ("neg", _NEGATIVE, (1, 4))):
+            target = folder / "aclImdb" / split / label
+            target.mkdir(parents=True, exist_ok=True)
+            for n in range(per_folder):
+                text = " ".join(rng.choice(words + filler, size=30))
+                rating = int(rng.integers(ratings[0], ratings[1] + 1))
+                (target / f"{n}_{rating}.txt").write_text(text.capitalize() + ".")
+    return folder
