@@ -340,7 +340,7 @@ def test_offline_fails_fast_and_lists_the_routes(tmp_path, monkeypatch, closed_p
 
 
 def test_missing_local_path_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.zip: no such file"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.zip: no such file"):
         load_movielens("100k", path=tmp_path / "nope.zip", data_dir=tmp_path)
 
 
