@@ -174,4 +174,4 @@ def test_imdb_data_module_from_the_hydra_config(tmp_path):
     assert vec is dm.text_vectorizer()  # adapted once
     assert "testonlyword" not in vec.get_vocabulary() and "awful" in vec.get_vocabulary()
     assert vec(text).shape == (2, 500)
-    assert list(text_dataset(dm.test, batch_size=8))[0][0].shape == (3,)
+    assert next(iter(text_dataset(dm.test, batch_size=8)))[0].shape == (3,)
