@@ -9,7 +9,7 @@ import types
 
 import pandas as pd
 import pytest
-from data_fixtures import IMDB_REVIEWS, snapshot, tar_folder, write_imdb_folder
+from data_fixtures import IMDB_REVIEWS, sha256, snapshot, tar_folder, write_imdb_folder
 
 from recsys.data import imdb
 from recsys.data.imdb import load_imdb
@@ -22,6 +22,10 @@ def _expected(split: str) -> pd.DataFrame:
         for rid, rating, text in sorted(IMDB_REVIEWS[(split, pol)]):
             rows.append((text, label, rating, rid))
     return pd.DataFrame(rows, columns=["text", "label", "rating", "id"])
+
+
+def _no_tfds(*_args):
+    raise FileNotFoundError("tensorflow_datasets is not installed")
 
 
 def _check(data) -> None:
@@ -128,3 +132,30 @@ def test_tfds_route_when_prepared(tmp_path, monkeypatch):
     assert data.source == "tfds"
     assert data.train["text"].tolist() == ["bad", "good"]
     assert data.test["label"].tolist() == [0, 1] and data.test["rating"].tolist() == [-1, -1]
+
+
+def test_official_route_downloads_verifies_and_caches(http_server, tmp_path, monkeypatch):
+    tarball = tar_folder(write_imdb_folder(tmp_path / "src"), tmp_path / "aclImdb_v1.tar.gz")
+    body = tarball.read_bytes()
+    url = http_server.serve("/aclImdb_v1.tar.gz", body)
+    remote = imdb.OFFICIAL.__class__(url, "aclImdb_v1.tar.gz", len(body), sha256(body))
+    monkeypatch.setattr(imdb, "OFFICIAL", remote)
+    monkeypatch.setattr(imdb, "read_tfds", _no_tfds)
+    data = load_imdb(data_dir=tmp_path / "c", progress=False)
+    assert data.source == "official"
+    _check(data)
+    assert (tmp_path / "c/downloads/aclImdb_v1.tar.gz").read_bytes() == body
+    assert load_imdb(data_dir=tmp_path / "c").source == "official"
+    assert http_server.hits == ["/aclImdb_v1.tar.gz"]
+
+
+def test_corrupt_official_download_is_deleted_and_reported(http_server, tmp_path, monkeypatch):
+    tarball = tar_folder(write_imdb_folder(tmp_path / "src"), tmp_path / "aclImdb_v1.tar.gz")
+    body = tarball.read_bytes()
+    url = http_server.serve("/aclImdb_v1.tar.gz", body, mode="corrupt")
+    remote = imdb.OFFICIAL.__class__(url, "aclImdb_v1.tar.gz", len(body), sha256(body))
+    monkeypatch.setattr(imdb, "OFFICIAL", remote)
+    monkeypatch.setattr(imdb, "read_tfds", _no_tfds)
+    with pytest.raises(DatasetUnavailableError, match=f"sha256 mismatch .*expected {sha256(body)}"):
+        load_imdb(data_dir=tmp_path / "c", progress=False)
+    assert list((tmp_path / "c/downloads").iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,20 @@ def test_imdb_data_module_from_the_hydra_config(tmp_path):
     assert "testonlyword" not in vec.get_vocabulary() and "awful" in vec.get_vocabulary()
     assert vec(text).shape == (2, 500)
     assert next(iter(text_dataset(dm.test, batch_size=8)))[0].shape == (3,)
+
+
+def test_data_pipeline_benchmark_runs_on_a_fixture(tmp_path, capsys):
+    from recsys.benchmarks import data_pipeline
+
+    folder = write_ml100k_official(tmp_path / "src")
+    out = tmp_path / "bench.json"
+    result = data_pipeline.main(
+        ["--variant", "100k", "--path", str(folder), "--data-dir", str(tmp_path / "c"),
+         "--batch-size", "4", "--epochs", "2", "--test-fraction", "0.25", "--out", str(out)]
+    )  # fmt: skip
+    assert result["train_rows"] == 9 and result["test_rows"] == 3
+    assert [e["rows"] for e in result["train_epochs"]] == [9, 9]
+    assert [e["batches"] for e in result["train_epochs"]] == [3, 3]
+    assert all(rate > 0 for rate in result["train_rows_per_s"])
+    assert "rows/s" in capsys.readouterr().out
+    assert json.loads(out.read_text())["rows"] == len(RATINGS)
