@@ -161,10 +161,13 @@ def read_tfds(data_dir: str | os.PathLike[str] | None = None) -> tuple[pd.DataFr
     # recsys/__init__ has already set TF_USE_LEGACY_KERAS before TFDS imports TensorFlow.
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder("imdb_reviews", data_dir=None if data_dir is None else str(data_dir))
-    info_file = os.path.join(str(builder.data_dir), "dataset_info.json")
-    if not os.path.exists(info_file):
-        raise FileNotFoundError(f"TFDS imdb_reviews is not prepared in {builder.data_dir}")
+    try:
+        builder = tfds.builder("imdb_reviews", data_dir=None if data_dir is None else str(data_dir))
+        prepared_dir = str(builder.data_dir)
+    except Exception as err:  # TFDS raises its own error types for missing/broken data
+        raise FileNotFoundError(f"TFDS could not open imdb_reviews: {err}") from err
+    if not os.path.exists(os.path.join(prepared_dir, "dataset_info.json")):
+        raise FileNotFoundError(f"TFDS imdb_reviews is not prepared in {prepared_dir}")
     frames = []
     for split in SPLITS:
         records = []

@@ -50,7 +50,10 @@ class MovieLensDataModule:
             latest rating to test) or ``time`` (global cutoff).
         test_fraction: Test share for ``random``; for ``time`` it picks the cutoff
             when ``time_cutoff`` is None.
-        val_fraction: Share of train carved out as validation (0 = none).
+        val_fraction: Share of train carved out as validation (0 = none). Validation
+            follows the test split's rule: random for ``random``; each user's latest
+            remaining rating for ``leave_last_out`` (any value > 0 turns it on); the
+            latest ``val_fraction`` of train by time for ``time``.
         seed: Seed of the splits and of the training shuffle.
         batch_size: Rows per batch.
         time_cutoff: Unix seconds or a date for ``split=time``.
@@ -117,10 +120,21 @@ class MovieLensDataModule:
             if cutoff is None:
                 cutoff = splits.cutoff_for_fraction(ratings, self.test_fraction)
             train, test = splits.time_cutoff(ratings, cutoff)
-        train, val = splits.validation_split(train, self.val_fraction, self.seed)
+        train, val = self._validation(train)
         self.train, self.val, self.test = train, val, test
         self.data = data
         return self
+
+    def _validation(self, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Carve validation the way the test split was made, so it mimics the test."""
+        if self.val_fraction == 0.0:
+            return splits.validation_split(train, 0.0)
+        if self.split == "leave_last_out":
+            return splits.leave_last_out(train)
+        if self.split == "time":
+            cutoff = splits.cutoff_for_fraction(train, self.val_fraction)
+            return splits.time_cutoff(train, cutoff)
+        return splits.validation_split(train, self.val_fraction, self.seed)
 
     def _loaded(self) -> MovieLens:
         self.setup()

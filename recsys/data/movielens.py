@@ -207,7 +207,8 @@ class MovieLens:
         ratings: user_id, item_id, rating, timestamp; source file order.
         items: item_id, title, year, genres.
         users: user_id, age, gender, occupation, zip (empty where the release has none).
-        source: Route used: ``official``, ``mirror:<wheel>``, or ``local:<path>``.
+        source: Route used: ``official``, ``mirror:<wheel>``, or
+            ``local:<official|mirror>:<path>`` (the layout found at the local path).
         cache_dir: The Parquet cache folder (None when it could not be written).
     """
 

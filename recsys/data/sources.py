@@ -118,8 +118,6 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
         An absolute path (the folder is not created here).
 
     Example:
-        >>> import os
-        >>> os.environ.pop("RECSYS_DATA_DIR", None) and None
         >>> resolve_data_dir("/tmp/cache")
         PosixPath('/tmp/cache')
     """
@@ -263,6 +261,10 @@ def download(
         request = urllib.request.Request(remote.url, headers={"User-Agent": "recsys-data/0.1"})
         try:
             response = urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as err:
+            raise DownloadError(
+                f"could not download {remote.url}: the server answered HTTP {err.code} {err.reason}"
+            ) from err
         except (urllib.error.URLError, OSError) as err:
             raise DownloadError(f"could not reach {remote.url}: {_reason(err)}") from err
         with response, open(part, "wb") as out, _progress_bar(remote, progress) as bar:

@@ -150,10 +150,27 @@ def test_movielens_data_module_other_splits(tmp_path, split):
         path=folder, data_dir=tmp_path / "c", split=split, test_fraction=0.25
     ).setup()
     assert len(dm.train) + len(dm.test) == len(RATINGS)
+    assert dm.val.empty and list(dm.val_dataset()) == []
     if split == "leave_last_out":
         assert sorted(dm.test["user_id"]) == ["1", "2", "3", "4"]
     else:
         assert dm.train["timestamp"].max() < dm.test["timestamp"].min()
+    # Validation mimics the test split and never overlaps it.
+    dm = MovieLensDataModule(
+        path=folder, data_dir=tmp_path / "c", split=split, test_fraction=0.25, val_fraction=0.2
+    ).setup()
+    assert len(dm.train) + len(dm.val) + len(dm.test) == len(RATINGS)
+    assert set(dm.val.index).isdisjoint(dm.test.index) and set(dm.val.index).isdisjoint(
+        dm.train.index
+    )
+    if split == "leave_last_out":
+        assert sorted(dm.val["user_id"]) == ["1", "2", "3", "4"]
+        for user, when in dm.val.set_index("user_id")["timestamp"].items():
+            assert dm.train[dm.train.user_id == user]["timestamp"].max() <= when
+            assert when <= dm.test[dm.test.user_id == user]["timestamp"].min()
+    else:
+        assert dm.train["timestamp"].max() < dm.val["timestamp"].min()
+        assert dm.val["timestamp"].max() < dm.test["timestamp"].min()
     with pytest.raises(ValueError, match="split must be one of"):
         MovieLensDataModule(split="chronological")
 

@@ -323,3 +323,11 @@ def test_importing_recsys_data_does_not_import_tensorflow():
     code = "import sys, recsys.data, recsys.data.splits; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_missing_file_on_the_server_names_the_status(http_server, tmp_path):
+    with pytest.raises(
+        DownloadError, match=r"could not download .*/gone\.zip: the server answered HTTP 404"
+    ):
+        download(_remote(http_server.base_url + "/gone.zip"), tmp_path / "dl", progress=False)
+    assert _leftovers(tmp_path / "dl") == []
