@@ -81,7 +81,11 @@ def recommend(run_dir: str | Path, user_id: str | int, k: int = 10) -> pd.DataFr
     if paths.items.exists():
         items = pd.read_parquet(paths.items)
         if "title" in items.columns:
-            titles = dict(zip(items["item_id"].astype(str), items["title"], strict=True))
+            names = items["title"].astype(str)
+            if "year" in items.columns:  # MovieLens keeps the year apart from the title
+                years = items["year"].astype("Int64").astype(str).replace("<NA>", "")
+                names = names.where(years == "", names + " (" + years + ")")
+            titles = dict(zip(items["item_id"].astype(str), names, strict=True))
             frame["title"] = [titles.get(i, "") for i in frame["item_id"]]
     return frame
 

@@ -13,10 +13,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from train_fixtures import TESTS_DIR, compose_train
+from train_fixtures import TESTS_DIR, compose_train, write_tiny_imdb, write_tiny_movielens
 
 from recsys.callbacks import SimulatedFault
 from recsys.train import main, train
@@ -208,3 +209,90 @@ def test_multirun_two_learning_rates(tmp_path: Path) -> None:
         assert f"learning_rate: {lr}" in (job_dir / "config.yaml").read_text()
     assert rmse[0] != rmse[1]
     assert (sweep_dir / "multirun.yaml").is_file()
+
+
+# ------------------------------------------------------------ the real experiments
+
+REQUIRED_METRICS = {
+    "movielens": {"test/top100_accuracy", "test/recall@100", "test/ndcg@10"},
+    "movielens_ranking": {"test/rmse", "test/mae"},
+    "imdb": {"test/accuracy", "test/auc"},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-data")
+    return {
+        "movielens": write_tiny_movielens(root / "ml-100k"),
+        "imdb": write_tiny_imdb(root / "imdb"),
+        "cache": root / "cache",
+    }
+
+
+def _smoke_overrides(experiment: str, data: dict[str, Path]) -> list[str]:
+    common = ["+debug=fast", f"data.data_dir={data['cache']}", "model.embedding_dim=8"]
+    if experiment == "imdb":
+        return [
+            *common,
+            f"data.path={data['imdb']}",
+            "data.max_tokens=200",
+            "data.sequence_length=32",
+            "data.batch_size=16",
+        ]
+    return [*common, f"data.path={data['movielens']}", "data.batch_size=64"]
+
+
+def _signature_inputs(serve: Any) -> dict[str, Any]:
+    return dict(serve.structured_input_signature[1])
+
+
+@pytest.mark.parametrize("experiment", sorted(REQUIRED_METRICS))
+def test_experiment_smoke_run(
+    experiment: str, tiny_datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    from recsys._tf import tf
+
+    run_dir = tmp_path / experiment
+    cfg = compose_train(
+        [f"+experiment={experiment}", *_smoke_overrides(experiment, tiny_datasets)],
+        run_dir=run_dir,
+    )
+    metrics, objects = train(cfg)
+
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert REQUIRED_METRICS[experiment] <= set(written)
+    for name in REQUIRED_METRICS[experiment]:
+        assert np.isfinite(written[name]), name
+        assert written[name] == pytest.approx(metrics[name])
+    assert written["history"]["epoch"] == [1]
+    assert (run_dir / "curves.png").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "checkpoint").is_file()
+
+    serve = tf.saved_model.load(str(run_dir / "export")).signatures["serving_default"]
+    inputs = _signature_inputs(serve)
+    if experiment == "movielens":
+        users = tf.constant(["1", "2", "unknown-user"])
+        out = serve(**{next(iter(inputs)): users})
+        k = out["item_ids"].shape[1]
+        assert out["item_ids"].dtype == tf.string
+        assert out["scores"].dtype == tf.float32
+        assert out["item_ids"].shape == out["scores"].shape == (3, k)
+        scores = out["scores"].numpy()
+        assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+        catalogue = set(objects["datamodule"].items["item_id"].astype(str))
+        assert {i.decode() for i in out["item_ids"].numpy().ravel()} <= catalogue
+    elif experiment == "movielens_ranking":
+        assert set(inputs) == {"user_id", "item_id"}
+        out = serve(user_id=tf.constant(["1", "2"]), item_id=tf.constant(["1", "3"]))
+        rating = out["rating"].numpy().reshape(-1)
+        assert out["rating"].dtype == tf.float32
+        assert rating.shape == (2,)
+        assert np.all(np.isfinite(rating))
+    else:
+        (name,) = inputs
+        out = serve(**{name: tf.constant(["A wonderful, moving film.", "Awful and boring."])})
+        probability = out["probability"].numpy().reshape(-1)
+        assert probability.shape == (2,)
+        assert np.all((probability >= 0) & (probability <= 1))

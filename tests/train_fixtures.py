@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from recsys._tf import keras, tf
+from recsys.run import register_resolvers
 
 TESTS_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = TESTS_DIR.parent
@@ -50,6 +51,7 @@ def compose_train(
         extra += [f"hydra.searchpath=[file://{TEST_CONF_DIR}]", "data=fake", "model=fake"]
     if run_dir is not None:
         extra.append(f"hydra.run.dir={run_dir}")
+    register_resolvers()  # what importing recsys.train does for the command line
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("train", overrides=[*extra, *overrides], return_hydra_config=True)
