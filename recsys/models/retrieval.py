@@ -1,0 +1,322 @@
+"""Two-tower retrieval trained with an in-batch softmax (TFRS `Retrieval` task)."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_recommenders as tfrs
+
+from recsys import evaluation
+from recsys._tf import keras, tf
+from recsys.models._common import (
+    check_choice,
+    check_nonnegative,
+    check_positive_int,
+    index_of,
+    seen_pairs,
+)
+from recsys.models.features import FeatureStore, catalogue, item_columns, user_histories
+from recsys.towers import ItemTower, UserTower
+
+__all__ = ["RetrievalModel"]
+
+ITEM_FEATURES = ("genres", "year", "title")
+
+
+class RetrievalModel(tfrs.Model):
+    """Two-tower retrieval: a user tower and an item tower scored by a dot product.
+
+    The user tower pools the embeddings of the user's training items (its history;
+    during training the target item is left out of it, so the model learns to predict a
+    held-out item from the others, which is what evaluation asks) and, optionally, a
+    user-id embedding. The item tower embeds the item id and, optionally, its genres,
+    year and title. Both outputs are L2-normalized; the loss is TFRS's in-batch softmax
+    with a temperature, the sampling-bias (logQ) correction and accidental-hit removal.
+
+    Per-id features (histories, genres, ...) are built from the data module and kept in
+    the model, so a batch only needs ``user_id`` and ``item_id``.
+
+    Example:
+
+    >>> model = RetrievalModel(data)  # data: a set-up MovieLensDataModule
+    >>> model.compile(optimizer=recsys.optimizers.SparseAdam(0.01))
+    >>> model.fit(data.train_dataset(), epochs=20)
+    >>> model.evaluate_metrics(data)  # {'test/top100_accuracy': ..., ...}
+    >>> model.export("/tmp/retrieval")  # serving_default: user_id -> item_ids, scores
+
+    Args:
+        data: A set-up data module with `train`, `test` (and `val`) DataFrames of
+            ``user_id``/``item_id`` strings, `user_vocabulary`, `item_vocabulary` and
+            optionally `items` (``item_id``, ``genres``, ``year``, ``title``).
+        embedding_dim: Width of every feature embedding.
+        output_dim: Width of the towers' last linear layer on top of the concatenated
+            feature embeddings, or None for no MLP: each tower then sums its feature
+            embeddings.
+        hidden_units: Hidden layers of both towers' MLPs.
+        use_user_id: Whether the user tower embeds the user id.
+        use_history: Whether the user tower pools the user's training items.
+        history_pooling: ``"mean"``, ``"sum"`` or ``"sqrtn"``.
+        exclude_target_from_history: Leave the target item out of the history during
+            training.
+        item_features: Item features besides the id: any of ``"genres"``, ``"year"``,
+            ``"title"``.
+        temperature: Softmax temperature (scores are divided by it).
+        logq_correction: Subtract log(sampling probability) of each in-batch candidate
+            (its training frequency) from its scores.
+        remove_accidental_hits: Mask in-batch negatives that are the positive item.
+        l2_normalize: L2-normalize both towers' outputs.
+        embeddings_l2: L2 penalty on looked-up embedding rows.
+        dropout: Dropout after hidden layers.
+        top_k: Default k of the exported index.
+        name: Model name.
+
+    Raises:
+        ValueError: An argument is out of range, or the data lacks what a feature needs.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        embedding_dim: int = 64,
+        output_dim: int | None = None,
+        hidden_units: Sequence[int] = (),
+        use_user_id: bool = False,
+        use_history: bool = True,
+        history_pooling: str = "sqrtn",
+        exclude_target_from_history: bool = True,
+        item_features: Sequence[str] = ("genres", "year"),
+        temperature: float = 0.1,
+        logq_correction: bool = True,
+        remove_accidental_hits: bool = True,
+        l2_normalize: bool = True,
+        embeddings_l2: float = 0.0,
+        dropout: float = 0.0,
+        top_k: int = 100,
+        name: str = "retrieval",
+    ) -> None:
+        super().__init__(name=name)
+        check_positive_int("embedding_dim", embedding_dim)
+        check_positive_int("top_k", top_k)
+        check_choice("history_pooling", history_pooling, ("mean", "sum", "sqrtn"))
+        if not (use_user_id or use_history):
+            raise ValueError(
+                "The user tower needs `use_user_id` or `use_history`. Received both False."
+            )
+        for feature in item_features:
+            check_choice("item_features", feature, ITEM_FEATURES)
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, numbers.Real)
+            or temperature <= 0
+        ):
+            raise ValueError(f"`temperature` must be > 0. Received: temperature={temperature!r}")
+        check_nonnegative("embeddings_l2", embeddings_l2)
+        self.temperature = float(temperature)
+        self.logq_correction = bool(logq_correction)
+        self.exclude_target_from_history = bool(exclude_target_from_history and use_history)
+        self.top_k = int(top_k)
+        self.use_history = bool(use_history)
+        self.item_feature_names = list(item_features)
+
+        self.user_ids = np.array(sorted(set(map(str, data.user_vocabulary))), dtype=object)
+        self.item_ids = catalogue(data)
+        train = data.train
+        user_columns: dict[str, Any] = {}
+        if use_history:
+            # Histories are kept as rows of the history table (catalogue position + 1;
+            # row 0 is for unknown items), so training compares integers, not strings.
+            position = {item: row + 1 for row, item in enumerate(self.item_ids)}
+            user_columns["history"] = [
+                [position[i] for i in items] for items in user_histories(train, self.user_ids)
+            ]
+        self.user_store = FeatureStore(self.user_ids, user_columns, name="user_features")
+        columns = (
+            item_columns(data, self.item_ids, self.item_feature_names) if item_features else {}
+        )
+        if "genres" in columns:
+            genres = sorted({g for bag in columns["genres"] for g in bag})
+        if "year" in columns:
+            years = np.array([y for y in columns["year"] if y > 0])
+            qs = np.unique(np.quantile(years, np.linspace(0, 1, 21)[1:-1])) if years.size else [0]
+        self.item_store = FeatureStore(self.item_ids, columns, name="item_features")
+
+        # Without an MLP the towers' widths must match: add the feature embeddings.
+        combiner = "sum" if output_dim is None else "concat"
+        self.user_tower = UserTower(
+            user_vocabulary=self.user_ids if use_user_id else None,
+            history_num_rows=len(self.item_ids) + 1 if use_history else None,
+            embedding_dim=embedding_dim,
+            history_pooling=history_pooling,
+            embeddings_l2=embeddings_l2,
+            hidden_units=hidden_units,
+            output_dim=output_dim,
+            dropout=dropout,
+            combiner=combiner,
+            l2_normalize=l2_normalize,
+            name="user_tower",
+        )
+        self.item_tower = ItemTower(
+            item_vocabulary=self.item_ids,
+            genre_vocabulary=genres if "genres" in columns else None,
+            year_boundaries=list(qs) if "year" in columns else None,
+            title_num_bins=20_000 if "title" in columns else None,
+            embedding_dim=embedding_dim,
+            embeddings_l2=embeddings_l2,
+            hidden_units=hidden_units,
+            output_dim=output_dim,
+            dropout=dropout,
+            combiner=combiner,
+            l2_normalize=l2_normalize,
+            name="item_tower",
+        )
+        counts = (
+            train["item_id"].astype(str).value_counts().reindex(self.item_ids).fillna(0).to_numpy()
+        )
+        # Sampling probability of each catalogue item as an in-batch candidate; items
+        # never seen in training get half a count so log(p) stays finite.
+        probability = np.maximum(counts, 0.5) / max(float(counts.sum()), 1.0)
+        self._item_lookup = keras.layers.StringLookup(
+            vocabulary=list(self.item_ids), num_oov_indices=1, mask_token=None
+        )
+        self._sampling_probability = tf.constant(
+            np.concatenate([[probability.min()], probability]).astype("float32")
+        )
+        self.task = tfrs.tasks.Retrieval(
+            temperature=self.temperature,
+            remove_accidental_hits=bool(remove_accidental_hits),
+        )
+        self._config = {
+            "embedding_dim": embedding_dim,
+            "output_dim": output_dim,
+            "hidden_units": list(hidden_units),
+            "use_user_id": use_user_id,
+            "use_history": use_history,
+            "history_pooling": history_pooling,
+            "exclude_target_from_history": exclude_target_from_history,
+            "item_features": list(item_features),
+            "temperature": temperature,
+            "logq_correction": logq_correction,
+            "remove_accidental_hits": remove_accidental_hits,
+            "l2_normalize": l2_normalize,
+            "embeddings_l2": embeddings_l2,
+            "dropout": dropout,
+            "top_k": top_k,
+        }
+
+    # ----------------------------------------------------------------- towers
+    def user_features(self, user_ids: Any, exclude_items: Any = None) -> dict[str, Any]:
+        """The user tower's inputs for `user_ids` (history without `exclude_items`)."""
+        features = dict(self.user_store(user_ids))
+        features["user_id"] = user_ids
+        if exclude_items is not None and "history" in features:
+            history = features["history"]
+            target = tf.repeat(self._item_lookup(exclude_items), history.row_lengths())
+            features["history"] = tf.ragged.boolean_mask(
+                history, history.with_flat_values(tf.not_equal(history.flat_values, target))
+            )
+        return features
+
+    def item_features(self, item_ids: Any) -> dict[str, Any]:
+        """The item tower's inputs for `item_ids`."""
+        features = dict(self.item_store(item_ids))
+        features["item_id"] = item_ids
+        return features
+
+    def user_embeddings(self, user_ids: Any, training: bool = False) -> Any:
+        return self.user_tower(self.user_features(user_ids), training=training)
+
+    def item_embeddings(self, item_ids: Any, training: bool = False) -> Any:
+        return self.item_tower(self.item_features(item_ids), training=training)
+
+    def call(self, features: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
+        return {
+            "user": self.user_embeddings(features["user_id"], training=bool(training)),
+            "item": self.item_embeddings(features["item_id"], training=bool(training)),
+        }
+
+    def compute_loss(self, features: dict[str, Any], training: bool = False) -> Any:
+        user_ids = tf.reshape(features["user_id"], [-1])
+        item_ids = tf.reshape(features["item_id"], [-1])
+        exclude = item_ids if (training and self.exclude_target_from_history) else None
+        users = self.user_tower(self.user_features(user_ids, exclude), training=training)
+        items = self.item_tower(self.item_features(item_ids), training=training)
+        probability = None
+        if self.logq_correction:
+            probability = tf.gather(self._sampling_probability, self._item_lookup(item_ids))
+        return self.task(
+            users,
+            items,
+            candidate_sampling_probability=probability,
+            candidate_ids=item_ids,
+            compute_metrics=False,
+            compute_batch_metrics=False,
+        )
+
+    # ------------------------------------------------------------- evaluation
+    def _all_embeddings(self, ids: np.ndarray, tower: str, batch_size: int = 4096) -> np.ndarray:
+        embed = self.user_embeddings if tower == "user" else self.item_embeddings
+        parts = [
+            embed(tf.constant(list(ids[i : i + batch_size]), dtype=tf.string)).numpy()
+            for i in range(0, len(ids), batch_size)
+        ]
+        return np.concatenate(parts, axis=0)
+
+    def evaluate_metrics(self, data: Any, split: str = "test") -> dict[str, float]:
+        """Exact full-catalogue metrics on `split` (see `recsys.evaluation`).
+
+        Returns `{split}/top100_accuracy` (training items ranked too, as
+        `tfrs.metrics.FactorizedTopK`), `{split}/recall@100` and `{split}/ndcg@10`
+        (training items excluded).
+        """
+        check_choice("split", split, ("val", "test"))
+        frame = getattr(data, split)
+        if frame is None or not len(frame):
+            raise ValueError(f"The data module's {split!r} split is empty.")
+        users = np.array(sorted(set(self.user_ids) | set(map(str, frame["user_id"]))), dtype=object)
+        items = np.array(sorted(set(self.item_ids) | set(map(str, frame["item_id"]))), dtype=object)
+        user_vectors = self._all_embeddings(users, "user")
+        item_vectors = self._all_embeddings(items, "item")
+        seen = seen_pairs(data, split)
+        return evaluation.retrieval_metrics(
+            user_vectors,
+            item_vectors,
+            index_of(users, frame["user_id"]),
+            index_of(items, frame["item_id"]),
+            index_of(users, seen["user_id"]),
+            index_of(items, seen["item_id"]),
+            prefix=f"{split}/",
+        )
+
+    # ----------------------------------------------------------------- export
+    def export(self, path: str, k: int | None = None) -> None:
+        """Writes a SavedModel whose `serving_default` maps user ids to top-k items.
+
+        Signature: ``user_id`` (`tf.string`, `[None]`) ->
+        ``{"item_ids": [None, k] tf.string, "scores": [None, k] tf.float32}``, a
+        brute-force index over every catalogue item.
+        """
+        k = min(check_positive_int("k", k or self.top_k), len(self.item_ids))
+        module = _RetrievalExport(self, k)
+        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+
+class _RetrievalExport(tf.Module):
+    def __init__(self, model: RetrievalModel, k: int) -> None:
+        super().__init__()
+        self.model = model
+        self.k = k
+        self.item_ids = tf.constant(list(model.item_ids), dtype=tf.string)
+        self.item_vectors = tf.constant(model._all_embeddings(model.item_ids, "item"))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+    def serve(self, user_id: Any) -> dict[str, Any]:
+        queries = self.model.user_embeddings(user_id)
+        scores = tf.matmul(queries, self.item_vectors, transpose_b=True)
+        top = tf.math.top_k(scores, k=self.k)
+        return {"item_ids": tf.gather(self.item_ids, top.indices), "scores": top.values}
