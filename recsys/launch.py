@@ -74,7 +74,8 @@ SETTING_HELP: Mapping[str, str] = {
     "cpus": "CPUs the process runs on (its affinity); default: all CPUs it may use now",
     "intra_op_threads": "threads one TensorFlow op (matmul, conv) is split across; "
     "default: physical cores allowed, capped by the container CPU quota",
-    "inter_op_threads": "TensorFlow ops that run at the same time; default: sockets allowed",
+    "inter_op_threads": "TensorFlow ops that run at the same time; default: sockets allowed, "
+    "at least 2 (small recommender ops overlap) but no more than intra-op threads",
     "TF_NUM_INTRAOP_THREADS": "intra-op threads, read by TensorFlow at start up",
     "TF_NUM_INTEROP_THREADS": "inter-op threads, read by TensorFlow at start up",
     "OMP_NUM_THREADS": "OpenMP threads (oneDNN-with-OpenMP builds, BLAS); default: intra-op threads",
@@ -121,7 +122,8 @@ class HardwareConfig:
 
     Args:
         intra_op_threads: threads per TensorFlow op.
-        inter_op_threads: TensorFlow ops run concurrently.
+        inter_op_threads: TensorFlow ops run concurrently (default: sockets, at least 2 so
+            independent small ops such as embedding lookups overlap, at most intra-op).
         omp_num_threads: ``OMP_NUM_THREADS`` (default: intra-op threads).
         allocator: ``auto`` (tcmalloc, else jemalloc, when installed), ``none``,
             ``tcmalloc``, ``jemalloc``, or a path to a shared library.
@@ -538,8 +540,8 @@ def make_plan(
         decider.decide(
             "TF_NUM_INTEROP_THREADS",
             config.inter_op_threads,
-            lambda: str(hardware.sockets),
-            "sockets allowed",
+            lambda: str(min(hardware.compute_threads, max(2, hardware.sockets))),
+            "sockets allowed, at least 2 while there are 2 compute threads",
         )
     )
     for name, n in (("intra_op_threads", intra), ("inter_op_threads", inter)):

@@ -151,7 +151,9 @@ def test_conf_hardware_auto_yaml_builds_the_default_config() -> None:
 def test_cpus_restrict_the_plan() -> None:
     plan = make_plan({"cpus": "2-3,6-7"}, SERVER, environ={}, find_library=no_allocator)
     assert plan.cpus == (2, 3, 6, 7)
-    assert (plan.intra_op_threads, plan.inter_op_threads) == (2, 1)
+    assert (plan.intra_op_threads, plan.inter_op_threads) == (2, 2)
+    plan = make_plan({"cpus": "2,6"}, SERVER, environ={}, find_library=no_allocator)
+    assert (plan.intra_op_threads, plan.inter_op_threads) == (1, 1)  # one core
     with pytest.raises(ValueError, match="may only use 0-1"):
         make_plan({"cpus": [1, 2]}, LAPTOP, environ={}, find_library=no_allocator)
     with pytest.raises(ValueError, match="at least one CPU"):
