@@ -20,6 +20,7 @@ import pytest
 from train_fixtures import TESTS_DIR, compose_train, write_tiny_imdb, write_tiny_movielens
 
 from recsys.callbacks import SimulatedFault
+from recsys.recommend import recommend
 from recsys.train import main, train
 
 # FakeDataModule: 240 ratings, 70% train = 168 rows, batch 16 -> 11 batches per epoch.
@@ -283,6 +284,9 @@ def test_experiment_smoke_run(
         assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
         catalogue = set(objects["datamodule"].items["item_id"].astype(str))
         assert {i.decode() for i in out["item_ids"].numpy().ravel()} <= catalogue
+        top = recommend(run_dir, "1", k=3)  # python -m recsys.recommend RUN_DIR --user-id 1 -k 3
+        assert top["item_id"].tolist() == [i.decode() for i in out["item_ids"].numpy()[0][:3]]
+        assert all(title.startswith("Movie number") for title in top["title"])
     elif experiment == "movielens_ranking":
         assert set(inputs) == {"user_id", "item_id"}
         out = serve(user_id=tf.constant(["1", "2"]), item_id=tf.constant(["1", "3"]))
