@@ -402,6 +402,20 @@ class _Decider:
         return value or ""
 
 
+def _env_int(key: str, value: str) -> int:
+    """A thread count from the environment (or the plan), checked."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(
+            f"{key}={value!r} in the environment is not a positive integer. Unset it to let "
+            f"the plan decide, or set it to a thread count such as {key}=2."
+        )
+    return n
+
+
 def _check_threads(name: str, n: int, hardware: Hardware, warnings_out: list[str]) -> None:
     allowed = len(hardware.allowed_cpus)
     if n > allowed:
@@ -527,26 +541,26 @@ def make_plan(
             )
         )
 
-    intra = int(
+    intra = _env_int(
+        "TF_NUM_INTRAOP_THREADS",
         decider.decide(
             "TF_NUM_INTRAOP_THREADS",
             config.intra_op_threads,
             lambda: str(hardware.compute_threads),
             "physical cores allowed"
             + (f", quota {hardware.quota_cpus:g}" if hardware.quota_cpus is not None else ""),
-        )
+        ),
     )
-    inter = int(
+    inter = _env_int(
+        "TF_NUM_INTEROP_THREADS",
         decider.decide(
             "TF_NUM_INTEROP_THREADS",
             config.inter_op_threads,
             lambda: str(min(hardware.compute_threads, max(2, hardware.sockets))),
             "sockets allowed, at least 2 while there are 2 compute threads",
-        )
+        ),
     )
     for name, n in (("intra_op_threads", intra), ("inter_op_threads", inter)):
-        if n < 1:
-            raise ValueError(f"{name} from the environment must be >= 1; received {n}.")
         _check_threads(name, n, hardware, decider.warnings)
     decider.settings[1:1] = [
         Setting("intra_op_threads", str(intra), "set", "tf.config.threading intra-op pool"),

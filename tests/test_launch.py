@@ -126,6 +126,11 @@ def test_impossible_thread_counts_are_errors(value) -> None:
         HardwareConfig(intra_op_threads=value)
 
 
+def test_bad_thread_count_in_the_environment_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"TF_NUM_INTEROP_THREADS='0' in the environment"):
+        make_plan(None, LAPTOP, environ={"TF_NUM_INTEROP_THREADS": "0"}, find_library=no_allocator)
+
+
 def test_more_threads_than_cpus_warns_with_the_limit() -> None:
     plan = make_plan({"inter_op_threads": 5}, LAPTOP, environ={}, find_library=no_allocator)
     assert plan.inter_op_threads == 5

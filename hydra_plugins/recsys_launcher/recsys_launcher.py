@@ -181,14 +181,19 @@ class RecsysLauncher(Launcher):
             free.put(slot)
         singletons = picklable_singletons()
 
-        def run(idx: int, overrides: Sequence[str]) -> JobReturn:
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(  # type: ignore[union-attr]
-                self.config,
-                list(overrides),  # type: ignore[arg-type]
+        # Compose every job's config here, in one thread, as the basic launcher does;
+        # the worker threads below only start and wait for processes.
+        configs = []
+        for i, overrides in enumerate(job_overrides):
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(overrides)
             )
             with open_dict(sweep_config):
-                sweep_config.hydra.job.id = idx
-                sweep_config.hydra.job.num = idx
+                sweep_config.hydra.job.id = initial_job_idx + i
+                sweep_config.hydra.job.num = initial_job_idx + i
+            configs.append(sweep_config)
+
+        def run(idx: int, overrides: Sequence[str], sweep_config: DictConfig) -> JobReturn:
             cpus = free.get()
             try:
                 return self._run_job(
@@ -199,7 +204,7 @@ class RecsysLauncher(Launcher):
 
         with ThreadPoolExecutor(max_workers=len(slots)) as pool:
             futures = [
-                pool.submit(run, initial_job_idx + i, overrides)
+                pool.submit(run, initial_job_idx + i, overrides, configs[i])
                 for i, overrides in enumerate(job_overrides)
             ]
             returns = [f.result() for f in futures]
@@ -246,7 +251,9 @@ class RecsysLauncher(Launcher):
                 str(payload),
                 str(result),
             ]
-            code = subprocess.call(cmd, env=plan.environ(os.environ))
+            # The plan was made without the values a launcher around Hydra set for all
+            # the CPUs; the job's environment must not carry them either.
+            code = subprocess.call(cmd, env=plan.environ(without_launcher_values(os.environ)))
             if result.exists():
                 with open(result, "rb") as f:
                     ret: JobReturn = pickle.load(f)
