@@ -36,7 +36,9 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
-def multirun(tmp_path: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def multirun(
+    tmp_path: Path, *overrides: str, sweep_dir: str | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             sys.executable,
@@ -44,7 +46,7 @@ def multirun(tmp_path: Path, *overrides: str, timeout: int = 300) -> subprocess.
             "-m",
             "hydra/launcher=recsys",
             f"hydra.searchpath=[file://{REPO / 'conf'}]",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"hydra.sweep.dir={sweep_dir or tmp_path / 'sweep'}",
             "hardware.allocator=none",
             *overrides,
         ],
@@ -55,8 +57,8 @@ def multirun(tmp_path: Path, *overrides: str, timeout: int = 300) -> subprocess.
     )
 
 
-def reports(tmp_path: Path) -> list[dict]:
-    found = sorted((tmp_path / "sweep").glob("*/report.json"), key=lambda p: int(p.parent.name))
+def reports(tmp_path: Path, pattern: str = "sweep/*/report.json") -> list[dict]:
+    found = sorted(tmp_path.glob(pattern), key=lambda p: int(p.parent.name))
     return [json.loads(p.read_text()) for p in found]
 
 
@@ -142,9 +144,16 @@ def test_two_job_multirun_runs_separate_processes_on_disjoint_cpus(tmp_path: Pat
 
 
 def test_jobs_get_their_own_thread_counts(tmp_path: Path) -> None:
-    proc = multirun(tmp_path, "hydra.launcher.n_jobs=1", "hardware.intra_op_threads=1,2")
+    # The sweep dir holds a ${now:} interpolation: every job must resolve it as Hydra's
+    # process did (the resolver cache travels with the job's config), not at its own start.
+    sweep_dir = str(tmp_path / "sweep" / "${now:%H-%M-%S_%f}")
+    proc = multirun(
+        tmp_path, "hydra.launcher.n_jobs=1", "hardware.intra_op_threads=1,2", sweep_dir=sweep_dir
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = reports(tmp_path)
+    (timestamped,) = (tmp_path / "sweep").iterdir()
+    jobs = reports(tmp_path, f"sweep/{timestamped.name}/*/report.json")
+    assert len(jobs) == 2
     assert [j["env"]["TF_NUM_INTRAOP_THREADS"] for j in jobs] == ["1", "2"]
     assert [j["plan_intra"] for j in jobs] == [1, 2]
     assert all(j["affinity"] == ALLOWED for j in jobs)  # one at a time: all CPUs each
