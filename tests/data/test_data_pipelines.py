@@ -74,7 +74,8 @@ def test_ratings_with_unknown_items_are_refused(ml):
     bad = ml.ratings.copy()
     bad.loc[3, "item_id"] = "999"
     with pytest.raises(
-        ValueError, match=r"1 ratings name items missing from the item table, e.g. \['999'\]"
+        ValueError,
+        match=r"1 item ids of the ratings are missing from the item table, e.g. \['999'\]",
     ):
         ratings_dataset(bad, ml.items)
 
