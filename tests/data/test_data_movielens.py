@@ -360,3 +360,38 @@ def test_variant_names_are_forgiving():
     assert movielens.get_variant("ML-100K").name == "100k"
     assert movielens.get_variant("latest_small").folder == "ml-latest-small"
     assert Path(movielens.VARIANTS["1m"].official.url).name == "ml-1m.zip"
+
+
+def test_command_line_fetch(tmp_path, capsys, monkeypatch, closed_port_url):
+    from recsys.data.__main__ import main
+
+    folder = write_ml100k_official(tmp_path / "src")
+    assert (
+        main(
+            [
+                "movielens",
+                "--variant",
+                "100k",
+                "--path",
+                str(folder),
+                "--data-dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "movielens: 12 ratings, 4 users, 5 items; source local:official:" in out
+    assert str(tmp_path / "c" / "movielens") in out
+    spec = movielens.VARIANTS["latest-small"]
+    official = dataclasses.replace(spec.official, url=closed_port_url + "/x.zip")
+    monkeypatch.setitem(
+        movielens.VARIANTS, "latest-small", dataclasses.replace(spec, official=official)
+    )
+    assert (
+        main(
+            ["movielens", "--variant", "latest-small", "--data-dir", str(tmp_path), "--no-progress"]
+        )
+        == 2
+    )
+    assert "every route failed" in capsys.readouterr().err
