@@ -153,6 +153,10 @@ def format_cpu_list(cpus: Iterable[int]) -> str:
     return ",".join(parts)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text()
@@ -319,12 +323,12 @@ class Hardware:
         isa = " ".join(sorted(self.isa)) or "none detected"
         mem = self.memory_available_bytes
         memory = f"{mem / 2**30:.1f} GiB" if mem is not None else "unknown"
+        nodes = max(1, len(self.numa_nodes))
         return (
-            f"{len(self.allowed_cpus)} CPUs allowed ({format_cpu_list(self.allowed_cpus)}) of "
-            f"{len(self.online_cpus)} online; {quota}; {self.physical_cores} physical cores, "
-            f"{self.sockets} socket{'s' if self.sockets != 1 else ''}, "
-            f"{self.threads_per_core} thread{'s' if self.threads_per_core != 1 else ''}/core, "
-            f"{max(1, len(self.numa_nodes))} NUMA node{'s' if len(self.numa_nodes) > 1 else ''}; "
+            f"{_count(len(self.allowed_cpus), 'CPU')} allowed "
+            f"({format_cpu_list(self.allowed_cpus)}) of {len(self.online_cpus)} online; {quota}; "
+            f"{_count(self.physical_cores, 'physical core')}, {_count(self.sockets, 'socket')}, "
+            f"{_count(self.threads_per_core, 'thread')}/core, {_count(nodes, 'NUMA node')}; "
             f"ISA {isa}; memory {memory}"
         )
 
