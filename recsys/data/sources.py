@@ -782,7 +782,6 @@ class ParquetCache:
 
     folder: Path
     schema_version: int = CACHE_SCHEMA_VERSION
-    _manifest: dict[str, Any] | None = field(default=None, repr=False)
 
     def manifest(self) -> dict[str, Any] | None:
         """The manifest if the folder holds a complete, current cache, else None."""
