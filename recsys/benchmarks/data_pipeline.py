@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -99,6 +100,9 @@ def run(
         "eval_epochs": eval_epochs,
         "train_rows_per_s": [e["rows"] / e["seconds"] for e in train_epochs],
         "eval_rows_per_s": [e["rows"] / e["seconds"] for e in eval_epochs],
+        "train_rows_per_s_median": statistics.median(
+            e["rows"] / e["seconds"] for e in train_epochs
+        ),
         "end_to_end_s": end_to_end_s,
         "end_to_end_rows_per_s": len(train) / end_to_end_s,
         "machine": {
@@ -128,6 +132,10 @@ def _report(r: dict[str, Any]) -> str:
     for i, (e, rate) in enumerate(zip(r["eval_epochs"], r["eval_rows_per_s"], strict=True), 1):
         note = "first pass, fills the cache" if i == 1 else "from the tf.data cache"
         lines.append(f"  eval pass {i} ({note}) {e['seconds']:6.2f} s  {rate:12,.0f} rows/s")
+    lines.append(
+        f"  train median over epochs: {r['train_rows_per_s_median']:,.0f} rows/s "
+        "(an epoch far slower than the others means another process took the CPUs)"
+    )
     lines.append(
         f"  end to end: parquet -> split -> tf.data -> one train epoch: {r['end_to_end_s']:.2f} s, "
         f"{r['end_to_end_rows_per_s']:,.0f} rows/s"
