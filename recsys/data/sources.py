@@ -222,8 +222,9 @@ def download(
     The bytes stream to a temporary ``*.part`` file in ``dest_dir`` while being hashed,
     the size and sha256 are checked, and only then is the file renamed to
     ``dest_dir/remote.filename`` (atomic on one filesystem). A failed, truncated or
-    mismatching download leaves nothing behind. A copy already in ``dest_dir`` that no
-    longer verifies was written by this cache, so it is deleted and fetched again.
+    mismatching download leaves nothing behind. A file already at that name is reused
+    when it verifies; when it does not, it cannot be one of ours (ours are verified
+    before they get the name), so it is left untouched and reported.
 
     Args:
         remote: URL, file name, size and sha256.
@@ -247,12 +248,8 @@ def download(
     dest_dir = Path(dest_dir)
     final = dest_dir / remote.filename
     if final.exists():
-        try:
-            verify_file(final, remote.size, remote.sha256)
-            return final
-        except ChecksumError as err:
-            logger.warning("cached download no longer verifies, fetching again: %s", err)
-            final.unlink()
+        _reuse_or_refuse(final, remote.size, remote.sha256)
+        return final
     dest_dir.mkdir(parents=True, exist_ok=True)
     part = dest_dir / f".{remote.filename}.{uuid.uuid4().hex[:8]}.part"
     digest = hashlib.sha256()
@@ -302,6 +299,18 @@ def download(
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
     return final
+
+
+def _reuse_or_refuse(path: Path, size: int, sha256: str) -> None:
+    """Accept a file already in the downloads cache, or refuse it without touching it."""
+    try:
+        verify_file(path, size, sha256)
+    except ChecksumError as err:
+        raise ChecksumError(
+            f"{err}. That file was not written by recsys (downloads are verified before they "
+            f"are renamed into place), so it is left as it is: delete or move {path} to "
+            "download again, or pass it as `path=` to read it as a local copy."
+        ) from None
 
 
 def _reason(err: BaseException) -> str:
@@ -387,10 +396,8 @@ def fetch_wheel(
     final = dest_dir / wheel.filename
     remote = RemoteFile("", wheel.filename, wheel.size, wheel.sha256)
     if final.exists():
-        with contextlib.suppress(ChecksumError):
-            verify_file(final, wheel.size, wheel.sha256)
-            return final
-        final.unlink()
+        _reuse_or_refuse(final, wheel.size, wheel.sha256)
+        return final
     errors: list[str] = []
     try:
         url = _wheel_url(wheel, timeout)

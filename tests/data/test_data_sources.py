@@ -98,13 +98,19 @@ def test_unreachable_host_fails_fast(closed_port_url, tmp_path):
     assert time.monotonic() - start < 5
 
 
-def test_cached_download_that_no_longer_verifies_is_fetched_again(http_server, tmp_path):
+def test_a_foreign_file_in_the_downloads_cache_is_left_alone(http_server, tmp_path):
     url = http_server.serve("/ml.zip", PAYLOAD)
     dest = tmp_path / "downloads"
     dest.mkdir()
-    (dest / "fixture.zip").write_bytes(b"stale half file")
-    assert download(_remote(url), dest, progress=False).read_bytes() == PAYLOAD
-    assert http_server.hits == ["/ml.zip"]
+    (dest / "fixture.zip").write_bytes(b"the user's own file")
+    with pytest.raises(ChecksumError) as err:
+        download(_remote(url), dest, progress=False)
+    message = str(err.value)
+    assert (
+        str(dest / "fixture.zip") in message and "left as it is" in message and "path=" in message
+    )
+    assert (dest / "fixture.zip").read_bytes() == b"the user's own file"
+    assert http_server.hits == []
 
 
 # ----------------------------------------------------------------- mirror wheels
