@@ -10,7 +10,7 @@ Three ways in:
 
 * ``python -m recsys.launch --print-env`` prints ``KEY=VALUE`` lines for a shell;
 * ``python -m recsys.launch [options] -- CMD [ARGS...]`` runs any command under the
-  plan (the launcher ``exec``\\ s it, so its exit status is CMD's);
+  plan (the launcher execs it, so its exit status is CMD's);
 * :func:`apply_hardware_plan` + :func:`configure_tensorflow_threads` in an entry point
   such as ``recsys.train``.
 
@@ -33,7 +33,7 @@ import os
 import shlex
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
@@ -57,6 +57,7 @@ __all__ = [
     "configure_tensorflow_threads",
     "main",
     "make_plan",
+    "pin_to_cpus",
     "without_launcher_values",
 ]
 
@@ -708,7 +709,7 @@ def apply_hardware_plan(
         )
     os.environ.update(plan.env())
     if plan.cpus:
-        os.sched_setaffinity(0, plan.cpus)
+        pin_to_cpus(plan.cpus)
     for message in plan.warnings:
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     if not quiet:
@@ -768,6 +769,30 @@ def _reexec(
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     execve(sys.executable, [sys.executable, *argv[1:]], env)
+
+
+def pin_to_cpus(cpus: Iterable[int]) -> bool:
+    """Restrict this process (and whatever it starts or execs) to ``cpus``.
+
+    Returns:
+        True when pinned; False, with a warning, where the OS has no
+        ``sched_setaffinity`` (macOS, Windows).
+
+    Example:
+        >>> import os
+        >>> pin_to_cpus(os.sched_getaffinity(0))  # pinning to the current set changes nothing
+        True
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        warnings.warn(
+            "CPU pinning is not supported on this OS (no os.sched_setaffinity); the process "
+            "keeps all CPUs and only the thread counts follow the plan.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    os.sched_setaffinity(0, set(cpus))
+    return True
 
 
 def _with_warning(plan: Plan, message: str) -> Plan:
@@ -845,7 +870,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--inter-op-threads", type=int, metavar="N", help=SETTING_HELP["inter_op_threads"]
     )
-    parser.add_argument("--omp-num-threads", type=int, metavar="N", help="OMP_NUM_THREADS")
+    parser.add_argument(
+        "--omp-num-threads", type=int, metavar="N", help=SETTING_HELP["OMP_NUM_THREADS"]
+    )
+    parser.add_argument("--kmp-affinity", metavar="SPEC", help=SETTING_HELP["KMP_AFFINITY"])
     parser.add_argument(
         "--allocator",
         default="auto",
@@ -891,6 +919,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             inter_op_threads=args.inter_op_threads,
             omp_num_threads=args.omp_num_threads,
             allocator=args.allocator,
+            kmp_affinity=args.kmp_affinity,
             kmp_blocktime=args.kmp_blocktime,
             onednn_opts=False if args.no_onednn else None,
             cpus=args.cpus,
@@ -914,7 +943,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not command:
         return 0
     if plan.cpus:
-        os.sched_setaffinity(0, plan.cpus)
+        pin_to_cpus(plan.cpus)
     sys.stdout.flush()
     try:
         os.execvpe(command[0], command, plan.environ(os.environ))
