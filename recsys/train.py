@@ -146,6 +146,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     train_seconds = 0.0
     if initial_epoch < epochs:
         train_data = _limit(datamodule.train_dataset(), trainer.limit_train_batches)
+        if int(train_data.cardinality()) == -2:  # tf.data.UNKNOWN_CARDINALITY
+            # Keras then learns the epoch length by running into the end of the first
+            # epoch; that last, empty step still advances optimizer.iterations.
+            log.warning(
+                "The training dataset's length is unknown to tf.data; each fit() then takes "
+                "one extra optimizer step count (Adam's bias correction shifts by one), so "
+                "a resumed run is close to, not bit-identical with, an uninterrupted one. "
+                "Fix: end the pipeline with tf.data.experimental.assert_cardinality(batches)."
+            )
         # Keras makes one iterator before the first epoch and a fresh one per epoch; a
         # seeded shuffle draws its order when an iterator is made. Drawing the orders of
         # the epochs already done keeps a resumed run on the uninterrupted run's orders.
