@@ -838,10 +838,22 @@ class ParquetCache:
         return tables, meta
 
     def write(self, tables: Mapping[str, pd.DataFrame], meta: Mapping[str, Any]) -> None:
-        """Write all tables and the manifest atomically (temporary folder, then rename)."""
+        """Write all tables and the manifest atomically (temporary folder, then rename).
+
+        An existing folder is replaced only when it is a recsys cache (has a manifest).
+
+        Raises:
+            FileExistsError: the folder exists and is not a recsys cache.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        if self.folder.exists() and not (self.folder / MANIFEST).is_file():
+            raise FileExistsError(
+                f"{self.folder} exists but was not written by recsys (it has no {MANIFEST}), "
+                "so it is left untouched and the Parquet cache is not written; move that "
+                "folder elsewhere (and pass it as `path=` if it holds the dataset)"
+            )
         parent = self.folder.parent
         parent.mkdir(parents=True, exist_ok=True)
         tmp = parent / f".{self.folder.name}.{uuid.uuid4().hex[:8]}.tmp"

@@ -395,3 +395,16 @@ def test_command_line_fetch(tmp_path, capsys, monkeypatch, closed_port_url):
         == 2
     )
     assert "every route failed" in capsys.readouterr().err
+
+
+def test_a_user_folder_at_the_cache_location_is_left_alone(tmp_path, caplog):
+    cache_root = tmp_path / "c"
+    theirs = write_ml100k_official(cache_root / "movielens")  # unzipped where the cache goes
+    before = snapshot(theirs)
+    ml = load_movielens("100k", path=theirs, data_dir=cache_root)  # keyed by path: fine
+    assert ml.cache_dir is not None
+    from recsys.data.sources import ParquetCache
+
+    with pytest.raises(FileExistsError, match="not written by recsys"):
+        ParquetCache(theirs).write({"t": pd.DataFrame({"a": [1]})}, {})
+    assert snapshot(theirs) == before
