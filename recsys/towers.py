@@ -22,6 +22,7 @@ columns.
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -81,7 +82,8 @@ class FeatureEmbedding(keras.layers.Layer):
         pooling: How a bag is pooled: ``"mean"``, ``"sum"`` or ``"sqrtn"`` (sum over the
             square root of the bag size). Empty bags give zeros.
         embeddings_initializer: Initializer of the table.
-        embeddings_l2: L2 penalty on the looked-up rows (see `recsys.layers.Embedding`).
+        embeddings_l2: L2 penalty on the looked-up rows, divided by the batch size (see
+            `recsys.layers.Embedding`); for bags, each distinct row of a batch counts once.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Input shape:
@@ -170,7 +172,13 @@ class FeatureEmbedding(keras.layers.Layer):
                 self._lookup = keras.layers.Hashing(self.num_bins, name="hashing")
                 num_rows = self.num_bins
         self.num_rows = num_rows
-        self.embedding = Embedding(
+        with warnings.catch_warnings():
+            # The penalty on looked-up rows is what `embeddings_l2` means here (see Args).
+            warnings.filterwarnings("ignore", "recsys.layers.Embedding applies", UserWarning)
+            self.embedding = self._make_embedding(num_rows)
+
+    def _make_embedding(self, num_rows: int) -> Any:
+        return Embedding(
             num_rows,
             self.embedding_dim,
             embeddings_initializer=self.embeddings_initializer,

@@ -130,8 +130,10 @@ class RankingModel(tfrs.Model):
                 self.mlp.append(keras.layers.Dropout(dropout))
         if self.mlp:
             self.mlp.append(keras.layers.Dense(1, kernel_initializer="zeros"))
+        # Per-example squared errors, averaged by `tf.nn.compute_average_loss` so the
+        # loss is right under a tf.distribute strategy too.
         self.task = tfrs.tasks.Ranking(
-            loss=keras.losses.MeanSquaredError(),
+            loss=keras.losses.MeanSquaredError(reduction=keras.losses.Reduction.NONE),
             metrics=[keras.metrics.RootMeanSquaredError(name="rmse")],
         )
         self._config = {
@@ -176,8 +178,9 @@ class RankingModel(tfrs.Model):
 
     def compute_loss(self, features: dict[str, Any], training: bool = False) -> Any:
         prediction = self(features, training=training)
-        labels = tf.cast(tf.reshape(features["rating"], [-1]), prediction.dtype)
-        return self.task(labels=labels, predictions=prediction)
+        labels = tf.cast(tf.reshape(features["rating"], [-1, 1]), prediction.dtype)
+        losses = self.task(labels=labels, predictions=prediction[:, None])
+        return tf.nn.compute_average_loss(losses)
 
     def evaluate_metrics(self, data: Any, split: str = "test") -> dict[str, float]:
         """RMSE and MAE of clipped predictions on `split`: `{split}/rmse`, `{split}/mae`."""

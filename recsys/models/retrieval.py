@@ -243,14 +243,16 @@ class RetrievalModel(tfrs.Model):
         exclude = item_ids if (training and self.exclude_target_from_history) else None
         users = self.user_tower(self.user_features(user_ids, exclude), training=training)
         items = self.item_tower(self.item_features(item_ids), training=training)
+        # Integer ids: accidental-hit removal compares every pair of the batch.
+        item_rows = self._item_lookup(item_ids)
         probability = None
         if self.logq_correction:
-            probability = tf.gather(self._sampling_probability, self._item_lookup(item_ids))
+            probability = tf.gather(self._sampling_probability, item_rows)
         return self.task(
             users,
             items,
             candidate_sampling_probability=probability,
-            candidate_ids=item_ids,
+            candidate_ids=item_rows,
             compute_metrics=False,
             compute_batch_metrics=False,
         )

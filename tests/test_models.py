@@ -1,0 +1,315 @@
+"""The task models on tiny synthetic data: training, metrics, export round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+from recsys._tf import keras, tf
+from recsys.models import FeatureStore, RankingModel, RetrievalModel, TextClassifier
+from recsys.optimizers import SparseAdam
+
+
+class FakeMovieLens:
+    """The attributes of a set-up `recsys.data.MovieLensDataModule`, on random data."""
+
+    def __init__(self, num_users=25, num_items=40, n=600, seed=0, batch_size=64):
+        rng = np.random.default_rng(seed)
+        pairs = rng.choice(num_users * num_items, size=n, replace=False)
+        frame = pd.DataFrame(
+            {
+                "user_id": [f"u{p // num_items}" for p in pairs],
+                "item_id": [f"i{p % num_items}" for p in pairs],
+                "rating": rng.integers(1, 6, size=n).astype("float32"),
+                "timestamp": rng.integers(0, 10**9, size=n).astype("int64"),
+            }
+        )
+        cut = int(0.8 * n)
+        self.train = frame.iloc[:cut].reset_index(drop=True)
+        self.test = frame.iloc[cut:].reset_index(drop=True)
+        self.val = frame.iloc[:0]
+        genres = ["Action", "Comedy", "Drama", "Horror"]
+        self.items = pd.DataFrame(
+            {
+                "item_id": [f"i{i}" for i in range(num_items)],
+                "title": [f"Movie {i} part {i % 3}" for i in range(num_items)],
+                "year": rng.integers(1950, 2000, size=num_items),
+                "genres": [list(rng.choice(genres, size=1 + i % 2, replace=False)) for i in range(num_items)],
+            }
+        )
+        self.user_vocabulary = np.array(sorted(frame["user_id"].unique()))
+        self.item_vocabulary = np.array(sorted(self.items["item_id"]))
+        self.batch_size = batch_size
+
+    def train_dataset(self, shuffle=True):
+        columns = {c: self.train[c].to_numpy() for c in ("user_id", "item_id", "rating")}
+        ds = tf.data.Dataset.from_tensor_slices(columns)
+        if shuffle:
+            ds = ds.shuffle(len(self.train), seed=0)
+        return ds.batch(self.batch_size)
+
+
+class FakeImdb:
+    """The attributes of a set-up `recsys.data.ImdbDataModule`, on made-up reviews."""
+
+    def __init__(self, n=120, seed=0, batch_size=16):
+        rng = np.random.default_rng(seed)
+        good = ["great", "wonderful", "superb", "moving"]
+        bad = ["awful", "boring", "terrible", "dull"]
+        filler = ["the", "film", "plot", "actor", "was", "a", "scene"]
+        texts, labels = [], []
+        for _ in range(n):
+            label = int(rng.integers(0, 2))
+            words = list(rng.choice(filler, size=8)) + list(rng.choice(good if label else bad, 2))
+            rng.shuffle(words)
+            texts.append(" ".join(words) + "<br />!")
+            labels.append(label)
+        frame = pd.DataFrame({"text": texts, "label": labels, "rating": 5})
+        self.train = frame.iloc[: n // 2].reset_index(drop=True)
+        self.test = frame.iloc[n // 2 :].reset_index(drop=True)
+        self.val = frame.iloc[:0]
+        self.batch_size = batch_size
+
+    def train_dataset(self, shuffle=True):
+        ds = tf.data.Dataset.from_tensor_slices(
+            (self.train["text"].to_numpy(), self.train["label"].to_numpy().astype("float32"))
+        )
+        return ds.batch(self.batch_size)
+
+
+@pytest.fixture(scope="module")
+def movielens():
+    return FakeMovieLens()
+
+
+@pytest.fixture(scope="module")
+def imdb():
+    return FakeImdb()
+
+
+SMALL_RETRIEVAL = {"embedding_dim": 8, "item_features": ("genres", "year", "title")}
+
+
+def _reference_top_k_accuracy(model, data, k):
+    users = np.array(sorted(model.user_ids))
+    items = np.array(sorted(model.item_ids))
+    u = model.user_embeddings(tf.constant(users)).numpy()
+    v = model.item_embeddings(tf.constant(items)).numpy()
+    scores = u @ v.T
+    hits = []
+    for user, item in zip(data.test["user_id"], data.test["item_id"], strict=True):
+        row = scores[np.searchsorted(users, user)]
+        hits.append(np.sum(row > row[np.searchsorted(items, item)]) < k)
+    return float(np.mean(hits))
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda: SparseAdam(0.01),
+        lambda: keras.optimizers.Adam(0.01),
+        lambda: keras.optimizers.Adagrad(0.1),
+    ],
+)
+def test_retrieval_trains_with_each_optimizer(movielens, optimizer):
+    tf.keras.utils.set_random_seed(0)
+    model = RetrievalModel(movielens, **SMALL_RETRIEVAL)
+    model.compile(optimizer=optimizer())
+    history = model.fit(movielens.train_dataset(), epochs=3, verbose=0)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_retrieval_metrics_and_export(movielens, tmp_path):
+    tf.keras.utils.set_random_seed(0)
+    model = RetrievalModel(movielens, **SMALL_RETRIEVAL, top_k=5)
+    model.compile(optimizer=SparseAdam(0.01))
+    model.fit(movielens.train_dataset(), epochs=2, verbose=0)
+    metrics = model.evaluate_metrics(movielens, split="test")
+    assert list(metrics) == ["test/top100_accuracy", "test/recall@100", "test/ndcg@10"]
+    # 40 items < 100: every test pair is in the top 100, and all test items are recalled.
+    assert metrics["test/top100_accuracy"] == 1.0
+    assert metrics["test/recall@100"] == 1.0
+    assert 0.0 < metrics["test/ndcg@10"] <= 1.0
+
+    model.export(str(tmp_path))
+    serving = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
+    users = tf.constant(["u3", "u7", "nobody"])
+    out = serving(user_id=users)
+    assert out["item_ids"].shape == (3, 5) and out["item_ids"].dtype == tf.string
+    assert out["scores"].shape == (3, 5) and out["scores"].dtype == tf.float32
+    expected = model.user_embeddings(users).numpy() @ model.item_embeddings(
+        tf.constant(list(model.item_ids))
+    ).numpy().T
+    order = np.argsort(-expected, axis=1)[:, :5]
+    np.testing.assert_allclose(out["scores"].numpy(), np.take_along_axis(expected, order, 1), rtol=1e-5)
+    np.testing.assert_array_equal(
+        out["item_ids"].numpy().astype(str), np.asarray(model.item_ids)[order].astype(str)
+    )
+
+
+def test_retrieval_top_k_accuracy_matches_reference(movielens):
+    tf.keras.utils.set_random_seed(1)
+    model = RetrievalModel(movielens, embedding_dim=8, item_features=())
+    model.compile(optimizer=SparseAdam(0.01))
+    model.fit(movielens.train_dataset(), epochs=1, verbose=0)
+    from recsys import evaluation
+    from recsys.models._common import index_of
+
+    users, items = np.array(sorted(model.user_ids)), np.array(sorted(model.item_ids))
+    got = evaluation.retrieval_metrics(
+        model.user_embeddings(tf.constant(users)).numpy(),
+        model.item_embeddings(tf.constant(items)).numpy(),
+        index_of(users, movielens.test["user_id"]),
+        index_of(items, movielens.test["item_id"]),
+        top_accuracy_ks=[10],
+        recall_ks=[],
+        ndcg_ks=[],
+    )
+    assert got["test/top10_accuracy"] == pytest.approx(_reference_top_k_accuracy(model, movielens, 10))
+
+
+def test_retrieval_history_leaves_out_the_target_in_training(movielens):
+    model = RetrievalModel(movielens, embedding_dim=4, item_features=())
+    user = movielens.train["user_id"].iloc[0]
+    item = movielens.train["item_id"].iloc[0]
+    full = model.user_features(tf.constant([user]))["history"].to_list()[0]
+    without = model.user_features(tf.constant([user]), tf.constant([item]))["history"].to_list()[0]
+    row = 1 + list(model.item_ids).index(item)
+    assert row in full and row not in without
+    assert len(without) == len(full) - 1
+    expected = sorted(movielens.train.loc[movielens.train["user_id"] == user, "item_id"])
+    assert sorted(model.item_ids[r - 1] for r in full) == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": 0.0}, "temperature=0.0"),
+        ({"embedding_dim": 0}, "embedding_dim=0"),
+        ({"item_features": ("color",)}, "item_features='color'"),
+        ({"use_user_id": False, "use_history": False}, "use_user_id"),
+        ({"history_pooling": "max"}, "history_pooling='max'"),
+    ],
+)
+def test_retrieval_validates_arguments(movielens, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RetrievalModel(movielens, **kwargs)
+
+
+def test_ranking_trains_evaluates_and_exports(movielens, tmp_path):
+    tf.keras.utils.set_random_seed(0)
+    model = RankingModel(movielens, embedding_dim=8, hidden_units=[8])
+    model.compile(optimizer=SparseAdam(0.01))
+    history = model.fit(movielens.train_dataset(), epochs=5, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    metrics = model.evaluate_metrics(movielens)
+    assert list(metrics) == ["test/rmse", "test/mae"]
+    users, items = movielens.test["user_id"].to_numpy(), movielens.test["item_id"].to_numpy()
+    predicted = model.predict_ratings(tf.constant(users), tf.constant(items)).numpy()
+    assert predicted.min() >= 1.0 and predicted.max() <= 5.0
+    truth = movielens.test["rating"].to_numpy()
+    assert metrics["test/rmse"] == pytest.approx(np.sqrt(np.mean((truth - predicted) ** 2)), rel=1e-5)
+    assert metrics["test/mae"] == pytest.approx(np.mean(np.abs(truth - predicted)), rel=1e-5)
+
+    model.export(str(tmp_path))
+    serving = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
+    out = serving(user_id=tf.constant(users[:7]), item_id=tf.constant(items[:7]))
+    assert set(out) == {"rating"} and out["rating"].shape == (7,)
+    np.testing.assert_allclose(out["rating"].numpy(), predicted[:7], rtol=1e-5)
+    unknown = serving(user_id=tf.constant(["nobody"]), item_id=tf.constant(["nothing"]))
+    assert np.isfinite(unknown["rating"].numpy()).all()
+
+
+@pytest.mark.parametrize(
+    "optimizer", [lambda: keras.optimizers.Adam(0.01), lambda: keras.optimizers.Adagrad(0.1)]
+)
+def test_ranking_trains_with_dense_optimizers(movielens, optimizer):
+    tf.keras.utils.set_random_seed(0)
+    model = RankingModel(movielens, embedding_dim=4)
+    model.compile(optimizer=optimizer())
+    history = model.fit(movielens.train_dataset(), epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_ranking_biases_fit_a_known_model():
+    # Ratings = 3 + user offset + item offset: a biased model without factors recovers it.
+    data = FakeMovieLens(num_users=10, num_items=12, n=120, seed=3, batch_size=32)
+    user_offset = {f"u{i}": (i - 5) / 10 for i in range(10)}
+    item_offset = {f"i{i}": (i - 6) / 12 for i in range(12)}
+    for frame in (data.train, data.test):
+        frame["rating"] = (
+            3.0 + frame["user_id"].map(user_offset) + frame["item_id"].map(item_offset)
+        ).astype("float32")
+    tf.keras.utils.set_random_seed(0)
+    model = RankingModel(data, embedding_dim=2, use_history=False, factors_l2=0.0, bias_l2=0.0, init_stddev=0.0)
+    model.compile(optimizer=SparseAdam(0.05))
+    model.fit(data.train_dataset(), epochs=150, verbose=0)
+    train_rmse = model.evaluate_metrics(type("D", (), {"test": data.train})())["test/rmse"]
+    assert train_rmse < 0.05
+
+
+def test_ranking_builds_in_a_strategy_scope(movielens):
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        model = RankingModel(movielens, embedding_dim=4)
+        model.compile(optimizer=SparseAdam(0.01))
+    model.fit(movielens.train_dataset(), epochs=1, verbose=0)
+    assert all(v.trainable for v in model.trainable_variables)
+
+
+def test_ranking_validates_arguments(movielens):
+    with pytest.raises(ValueError, match="factors_l2=-1"):
+        RankingModel(movielens, factors_l2=-1)
+    with pytest.raises(ValueError, match="history_pooling='max'"):
+        RankingModel(movielens, history_pooling="max")
+
+
+@pytest.mark.parametrize("backbone", ["pooled", "cnn", "conv"])
+def test_text_classifier_learns_and_exports(imdb, backbone, tmp_path):
+    tf.keras.utils.set_random_seed(0)
+    model = TextClassifier(
+        imdb, max_tokens=200, sequence_length=30, embedding_dim=16, backbone=backbone,
+        conv_filters=8, conv_kernel_size=3, dropout=0.1,
+    )
+    assert model.embedding.input_dim == 200 and model.embedding.output_dim == 16
+    model.compile(optimizer=SparseAdam(0.02))
+    model.fit(imdb.train_dataset(), epochs=8 if backbone == "pooled" else 4, verbose=0)
+    metrics = model.evaluate_metrics(imdb)
+    assert list(metrics) == ["test/accuracy", "test/auc"]
+    probabilities = model.predict_probabilities(imdb.test["text"].to_numpy())
+    labels = imdb.test["label"].to_numpy()
+    assert metrics["test/accuracy"] == pytest.approx(np.mean((probabilities > 0.5) == labels))
+    assert metrics["test/auc"] > 0.9  # two sentiment words per review
+
+    model.export(str(tmp_path))
+    serving = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
+    out = serving(text=tf.constant(imdb.test["text"].to_numpy()[:5]))
+    assert set(out) == {"probability"} and out["probability"].shape == (5,)
+    np.testing.assert_allclose(out["probability"].numpy(), probabilities[:5], rtol=1e-5)
+
+
+def test_text_classifier_trains_with_dense_adam_and_validates(imdb):
+    model = TextClassifier(imdb, max_tokens=100, sequence_length=20, embedding_dim=8, ngrams=1)
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    model.fit(imdb.train_dataset(), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="backbone='lstm'"):
+        TextClassifier(imdb, backbone="lstm")
+    with pytest.raises(ValueError, match="ngrams=3"):
+        TextClassifier(imdb, ngrams=3)
+
+
+def test_feature_store_lookups_and_config():
+    store = FeatureStore(
+        ["a", "b"], {"bag": [["x"], ["y", "z"]], "rows": [[1, 2], []], "n": [1.5, None]}
+    )
+    out = store(tf.constant(["b", "?", "a"]))
+    assert out["bag"].to_list() == [[b"y", b"z"], [], [b"x"]]
+    assert out["rows"].to_list() == [[], [], [1, 2]]
+    np.testing.assert_array_equal(out["n"].numpy(), [0.0, 0.0, 1.5])
+    config = store.get_config()
+    assert FeatureStore.from_config(config).get_config() == config
+    with pytest.raises(ValueError, match="has 1 values for 2 keys"):
+        FeatureStore(["a", "b"], {"n": [1]})
