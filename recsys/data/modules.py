@@ -97,6 +97,8 @@ class MovieLensDataModule:
         self.train: pd.DataFrame | None = None
         self.val: pd.DataFrame | None = None
         self.test: pd.DataFrame | None = None
+        self._user_vocabulary: np.ndarray | None = None
+        self._item_vocabulary: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return (
@@ -155,12 +157,16 @@ class MovieLensDataModule:
     def user_vocabulary(self) -> np.ndarray:
         """Sorted unique user ids of the train split."""
         self.setup()
-        return vocabulary(self.train["user_id"])
+        if self._user_vocabulary is None:
+            self._user_vocabulary = vocabulary(self.train["user_id"])
+        return self._user_vocabulary
 
     @property
     def item_vocabulary(self) -> np.ndarray:
         """Sorted unique item ids of the whole catalogue (the candidate corpus)."""
-        return vocabulary(self.items["item_id"])
+        if self._item_vocabulary is None:
+            self._item_vocabulary = vocabulary(self.items["item_id"])
+        return self._item_vocabulary
 
     def user_lookup(self) -> keras.layers.StringLookup:
         """StringLookup over :attr:`user_vocabulary` (OOV index 0)."""
