@@ -88,7 +88,7 @@ def test_tower_validates_arguments():
             },
             combiner="sum",
         )
-    with pytest.raises(ValueError, match="dropout=1.5"):
+    with pytest.raises(ValueError, match=r"dropout=1\.5"):
         Tower({"a": {"kind": "id", "num_bins": 3}}, dropout=1.5)
     tower = Tower({"a": {"kind": "id", "num_bins": 3}})
     with pytest.raises(ValueError, match=r"needs features \['a'\]"):
@@ -153,7 +153,9 @@ def test_tower_get_config_round_trips(make):
 
 
 def test_feature_embedding_get_config_round_trips():
-    layer = FeatureEmbedding("text", embedding_dim=5, num_bins=11, pooling="sqrtn", embeddings_l2=0.1)
+    layer = FeatureEmbedding(
+        "text", embedding_dim=5, num_bins=11, pooling="sqrtn", embeddings_l2=0.1
+    )
     config = layer.get_config()
     assert FeatureEmbedding.from_config(config).get_config() == config
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
@@ -198,11 +200,11 @@ def test_history_gradient_is_row_sparse_and_sparse_adam_touches_only_those_rows(
     variables = tower.trainable_variables
     grads = tape.gradient(loss, variables)
     assert all(isinstance(g, tf.IndexedSlices) for g in grads)
-    history_index = [i for i, v in enumerate(variables) if "history" in v.name][0]
+    history_index = next(i for i, v in enumerate(variables) if "history" in v.name)
     # Each distinct row appears once in the slices.
     assert sorted(grads[history_index].indices.numpy().tolist()) == [1, 2]
     before = [v.numpy().copy() for v in variables]
-    SparseAdam(0.1).apply_gradients(zip(grads, variables))
+    SparseAdam(0.1).apply_gradients(zip(grads, variables, strict=True))
     history_before, history_after = before[history_index], variables[history_index].numpy()
     np.testing.assert_array_equal(history_before[[0, 3, 4]], history_after[[0, 3, 4]])
     assert not np.allclose(history_before[[1, 2]], history_after[[1, 2]])
