@@ -630,6 +630,7 @@ def apply_hardware_plan(
     hardware: Hardware | None = None,
     stream: TextIO | None = None,
     quiet: bool = False,
+    reexec_allowed: bool = True,
     execve: Callable[[str, Sequence[str], Mapping[str, str]], Any] = os.execve,
 ) -> Plan:
     """Plan and apply the hardware settings to this process, before TensorFlow is imported.
@@ -659,6 +660,8 @@ def apply_hardware_plan(
         hardware: the machine (default: detect it).
         stream: where the summary goes (default ``sys.stderr``).
         quiet: do not print the summary.
+        reexec_allowed: False never re-executes (the preload then only warns). It is
+            also never done inside an in-process Hydra multirun (basic launcher).
         execve: replaces the process (tests inject a fake).
 
     Returns:
@@ -688,11 +691,19 @@ def apply_hardware_plan(
                 f"LD_PRELOAD={plan.setting('LD_PRELOAD').value} differs from the environment "
                 "after one re-execution; not re-executing again.",
             )
-        elif len(argv) < 2:
+        elif len(argv) < 2 or not reexec_allowed or _in_hydra_multirun():
             plan = _with_warning(
                 plan,
-                "LD_PRELOAD cannot take effect: this interpreter has no command line to "
-                "re-execute. Start it with `python -m recsys.launch -- python ...`.",
+                "LD_PRELOAD cannot take effect without re-executing this process, which is "
+                + (
+                    "not possible here (no command line to re-execute)"
+                    if len(argv) < 2
+                    else "switched off"
+                    if not reexec_allowed
+                    else "not done inside an in-process Hydra multirun (it would restart the sweep)"
+                )
+                + ". Start the process under `python -m recsys.launch -- ...`, use "
+                "hydra/launcher=recsys for sweeps, or set allocator=none.",
             )
         else:
             _reexec(plan, argv, execve)
@@ -720,6 +731,19 @@ def apply_hardware_plan(
 
 
 _PRELOAD_KEYS = ("LD_PRELOAD", "MALLOC_CONF")
+
+
+def _in_hydra_multirun() -> bool:
+    """Whether this process is running a Hydra multirun's jobs itself (basic launcher)."""
+    if "hydra" not in sys.modules:
+        return False
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # no Hydra config, or another Hydra version: assume a plain run
+        return False
 
 
 def _reexec_state() -> dict[str, Any] | None:

@@ -285,6 +285,32 @@ def test_apply_reexecutes_when_preload_changes(tmp_path: Path, monkeypatch) -> N
     assert len(calls) == 1
 
 
+def test_no_reexec_inside_an_in_process_multirun(tmp_path: Path, monkeypatch) -> None:
+    import recsys.launch
+
+    lib = tmp_path / "libtcmalloc.so.9"
+    lib.write_bytes(b"")
+    monkeypatch.setattr(os, "environ", {})
+    monkeypatch.setattr(recsys.launch, "_in_hydra_multirun", lambda: True)
+    calls = []
+    with pytest.warns(RuntimeWarning, match="in-process Hydra multirun"):
+        apply_hardware_plan(
+            {"allocator": str(lib)}, hardware=LAPTOP, quiet=True, execve=lambda *a: calls.append(a)
+        )
+    assert calls == []
+    monkeypatch.setattr(recsys.launch, "_in_hydra_multirun", lambda: False)
+    monkeypatch.setattr(os, "environ", {})
+    with pytest.warns(RuntimeWarning, match="switched off"):
+        apply_hardware_plan(
+            {"allocator": str(lib)},
+            hardware=LAPTOP,
+            quiet=True,
+            reexec_allowed=False,
+            execve=lambda *a: calls.append(a),
+        )
+    assert calls == []
+
+
 def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
