@@ -226,3 +226,37 @@ def test_failed_job_exception_reaches_hydra(tmp_path: Path, hydra_state) -> None
     with pytest.raises(ValueError, match=r"job asked to fail \(x=5\)") as info:
         in_process_multirun(tmp_path, app.task, "x=5", "fail=true")
     assert any("Traceback in the job's process" in n for n in getattr(info.value, "__notes__", []))
+
+
+def test_basic_launcher_multirun_is_never_restarted_by_the_preload(tmp_path: Path) -> None:
+    # With Hydra's basic launcher the jobs share one process: a preload cannot be applied
+    # by re-executing it (that would restart the sweep), so the plan warns instead.
+    maps = Path("/proc/self/maps").read_text().split()
+    lib = next((p for p in maps if "/libc.so" in p or "/libm.so" in p), None)
+    if lib is None:
+        pytest.skip("no system library found in /proc/self/maps")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(APP),
+            "-m",
+            f"hydra.searchpath=[file://{REPO / 'conf'}]",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"hardware.allocator={lib}",
+            "x=1,2",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "in-process Hydra multirun" in proc.stderr
+    jobs = reports(tmp_path)
+    assert [j["x"] for j in jobs] == [1, 2]
+    assert jobs[0]["pid"] == jobs[1]["pid"]  # one process, not restarted
+    assert (
+        proc.stdout.count("Launching 2 jobs locally")
+        + proc.stderr.count("Launching 2 jobs locally")
+        == 1
+    )
