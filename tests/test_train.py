@@ -8,6 +8,7 @@ an uninterrupted run; the command line resumes too; a 2-point multirun works.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -331,3 +332,30 @@ def test_real_retrieval_run_resumes(tiny_datasets: dict[str, Path], tmp_path: Pa
     reference_metrics = json.loads((tmp_path / "reference" / "metrics.json").read_text())
     for name in REQUIRED_METRICS["movielens"]:
         assert metrics[name] == pytest.approx(reference_metrics[name], abs=tolerance["atol"] * 10)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+    reason="hydra-optuna-sweeper is not installed",
+)
+def test_optuna_search_runs_trials_and_reports_the_best(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "optuna"
+    done = _cli(
+        [
+            "+hparams_search=movielens_optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=2",
+            "hydra.sweeper.direction=minimize",
+            "optimized_metric=val/rmse",
+            "trainer.epochs=1",
+            "trainer.export=false",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=tmp_path,
+        multirun=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rmse = [json.loads((sweep_dir / j / "metrics.json").read_text())["val/rmse"] for j in "01"]
+    results = (sweep_dir / "optimization_results.yaml").read_text()
+    assert "best_value" in results
+    assert f"{min(rmse):.6f}"[:6] in results

@@ -71,6 +71,7 @@ class FakeDataModule:
         num_ratings: Number of (user, item, rating) rows.
         batch_size: Batch size of the datasets.
         seed: Seeds the data and the training order.
+        val_fraction: Share of the rows held out for validation (15% go to test).
         data_dir: Accepted like the real data modules' cache root; unused.
     """
 
@@ -81,6 +82,7 @@ class FakeDataModule:
         num_ratings: int,
         batch_size: int,
         seed: int,
+        val_fraction: float = 0.15,
         data_dir: str | None = None,
     ) -> None:
         self.num_users = num_users
@@ -88,6 +90,7 @@ class FakeDataModule:
         self.num_ratings = num_ratings
         self.batch_size = batch_size
         self.seed = seed
+        self.val_fraction = val_fraction
         self.frames: dict[str, pd.DataFrame] = {}
         self.items: pd.DataFrame | None = None
 
@@ -101,7 +104,7 @@ class FakeDataModule:
                 "rating": rng.integers(1, 6, self.num_ratings).astype("float32"),
             }
         )
-        a, b = int(0.7 * len(frame)), int(0.85 * len(frame))
+        a, b = int((0.85 - self.val_fraction) * len(frame)), int(0.85 * len(frame))
         self.frames = {"train": frame[:a], "val": frame[a:b], "test": frame[b:]}
         self.items = pd.DataFrame(
             {
