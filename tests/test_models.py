@@ -337,3 +337,15 @@ def test_feature_store_lookups_and_config():
     assert FeatureStore.from_config(config).get_config() == config
     with pytest.raises(ValueError, match="has 1 values for 2 keys"):
         FeatureStore(["a", "b"], {"n": [1]})
+
+
+def test_custom_model_example_learns():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "custom_two_tower.py"
+    spec = importlib.util.spec_from_file_location("custom_two_tower", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    metrics = example.main()
+    assert metrics["test/top50_accuracy"] > 0.5  # chance: 50 / 300
