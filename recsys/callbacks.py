@@ -97,8 +97,17 @@ class TrainingState:
             AssertionError: The checkpoint does not match the model (e.g. the run
                 directory belongs to a different model config).
         """
-        if self._restore_status is not None:
+        if self._restore_status is None:
+            return
+        try:
             self._restore_status.assert_existing_objects_matched()
+        except AssertionError as err:
+            raise AssertionError(
+                f"The checkpoint in {self.manager.directory} does not match this model: "
+                "the run directory was probably used with another model config. Use a new "
+                "run directory (hydra.run.dir=...) or start over with trainer.resume=false. "
+                f"TensorFlow says: {err}"
+            ) from err
 
     def expect_partial(self) -> None:
         """Silence warnings about checkpointed values never used (e.g. optimizer slots

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 __all__ = [
     "RunPaths",
+    "config_changes",
     "metric_value",
     "plot_curves",
     "project_root",
@@ -132,6 +133,46 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("recsys.project_root", lambda: str(project_root()))
 
 
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def _job_config(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` resolved to plain containers, without Hydra's own node."""
+    if "hydra" in cfg:  # a test's compose(return_hydra_config=True) keeps Hydra's node
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def config_changes(cfg: DictConfig, path: Path) -> list[str]:
+    """What differs between ``cfg`` and the config a run directory last used.
+
+    Args:
+        cfg: The composed config.
+        path: ``config.yaml`` of the run directory (missing for a new run).
+
+    Returns:
+        ``"key: old -> new"`` for each differing leaf, sorted by key; empty for a new run.
+    """
+    if not path.exists():
+        return []
+    before = _flatten(OmegaConf.to_container(OmegaConf.load(path)))
+    after = _flatten(_job_config(cfg))
+    unset = "<unset>"
+    return [
+        f"{key}: {before.get(key, unset)} -> {after.get(key, unset)}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key, unset) != after.get(key, unset)
+    ]
+
+
 def save_config(cfg: DictConfig, path: Path) -> None:
     """Write ``cfg`` resolved (every interpolation replaced by its value) as YAML.
 
@@ -139,12 +180,8 @@ def save_config(cfg: DictConfig, path: Path) -> None:
         cfg: The composed config.
         path: Destination file; its folder is created.
     """
-    if "hydra" in cfg:  # a test's compose(return_hydra_config=True) keeps Hydra's node
-        cfg = cfg.copy()
-        with open_dict(cfg):
-            del cfg["hydra"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+    _atomic_write_text(path, OmegaConf.to_yaml(_job_config(cfg)))
 
 
 # ---------------------------------------------------------------------- metrics

@@ -136,6 +136,20 @@ def test_finished_run_is_not_trained_again_and_more_epochs_continue(tmp_path: Pa
     assert written["resumed_from_epoch"] == 1
 
 
+def test_resume_refuses_a_changed_model_and_reports_other_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    common = ["trainer.tensorboard=false", "trainer.export=false"]
+    train(compose_train([*common, "trainer.epochs=1"], run_dir=tmp_path, fake=True))
+    changed_model = [*common, "trainer.epochs=2", "model.embedding_dim=6"]
+    with pytest.raises(ValueError, match=r"model\.embedding_dim: 4 -> 6.*trainer\.resume=false"):
+        train(compose_train(changed_model, run_dir=tmp_path, fake=True))
+    with caplog.at_level("WARNING", logger="recsys.train"):
+        train(compose_train([*common, "trainer.epochs=2"], run_dir=tmp_path, fake=True))
+    assert "trainer.epochs: 1 -> 2" in caplog.text
+    assert json.loads((tmp_path / "metrics.json").read_text())["history"]["epoch"] == [1, 2]
+
+
 def test_resume_false_starts_over(tmp_path: Path) -> None:
     common = ["trainer.epochs=1", "trainer.tensorboard=false", "trainer.export=false"]
     train(compose_train(common, run_dir=tmp_path, fake=True))
