@@ -349,3 +349,14 @@ def test_custom_model_example_learns():
     spec.loader.exec_module(example)
     metrics = example.main()
     assert metrics["test/top50_accuracy"] > 0.5  # chance: 50 / 300
+
+
+def test_text_classifier_reuses_a_vocabulary(imdb):
+    first = TextClassifier(imdb, max_tokens=50, sequence_length=12, embedding_dim=4)
+    second = TextClassifier(
+        imdb, max_tokens=50, sequence_length=12, embedding_dim=4, vocabulary=first.vocabulary
+    )
+    texts = tf.constant(imdb.test["text"].to_numpy()[:4])
+    np.testing.assert_array_equal(first.vectorizer(texts).numpy(), second.vectorizer(texts).numpy())
+    with pytest.raises(ValueError, match="at most max_tokens - 2"):
+        TextClassifier(imdb, max_tokens=10, vocabulary=[f"w{i}" for i in range(9)])

@@ -67,6 +67,8 @@ class TextClassifier(keras.Model):
         conv_kernel_size: Kernel size of the convolutions.
         hidden_units: Hidden layers before the output unit (``"pooled"``/``"cnn"``).
         dropout: Dropout rate on the embeddings and hidden layers, in [0, 1).
+        vocabulary: Tokens of an already-adapted vocabulary (e.g. another model's
+            `vocabulary`), without padding and OOV tokens; None adapts on `data.train`.
         name: Model name.
 
     Raises:
@@ -85,6 +87,7 @@ class TextClassifier(keras.Model):
         conv_kernel_size: int = 7,
         hidden_units: Sequence[int] = (),
         dropout: float = 0.5,
+        vocabulary: Sequence[str] | None = None,
         name: str = "text_classifier",
     ) -> None:
         super().__init__(name=name)
@@ -102,7 +105,9 @@ class TextClassifier(keras.Model):
         ):
             raise ValueError(f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}")
         self.backbone = backbone
-        self.vectorizer = self._make_vectorizer(data, max_tokens, sequence_length, ngrams)
+        self.vectorizer = self._make_vectorizer(
+            data, max_tokens, sequence_length, ngrams, vocabulary
+        )
         self.embedding = Embedding(max_tokens, embedding_dim, name="embedding")
         self.input_dropout = keras.layers.Dropout(dropout)
         layers: list[Any] = []
@@ -137,10 +142,37 @@ class TextClassifier(keras.Model):
             "conv_kernel_size": conv_kernel_size,
             "hidden_units": list(hidden_units),
             "dropout": dropout,
+            "vocabulary": None if vocabulary is None else list(vocabulary),
         }
 
+    @property
+    def vocabulary(self) -> list[str]:
+        """The vectorizer's tokens, without the padding and OOV tokens."""
+        return self.vectorizer.get_vocabulary(include_special_tokens=False)
+
     @staticmethod
-    def _make_vectorizer(data: Any, max_tokens: int, sequence_length: int, ngrams: int) -> Any:
+    def _make_vectorizer(
+        data: Any,
+        max_tokens: int,
+        sequence_length: int,
+        ngrams: int,
+        vocabulary: Sequence[str] | None,
+    ) -> Any:
+        settings = {
+            "max_tokens": max_tokens,
+            "standardize": standardize_review,
+            "ngrams": None if ngrams == 1 else ngrams,
+            "output_mode": "int",
+            "output_sequence_length": sequence_length,
+            "name": "vectorizer",
+        }
+        if vocabulary is not None:
+            if len(vocabulary) > max_tokens - 2:
+                raise ValueError(
+                    f"`vocabulary` has {len(vocabulary)} tokens; at most max_tokens - 2 = "
+                    f"{max_tokens - 2} fit (rows 0 and 1 are padding and OOV)."
+                )
+            return keras.layers.TextVectorization(vocabulary=list(vocabulary), **settings)
         if ngrams == 1 and hasattr(data, "text_vectorizer"):
             vectorizer = data.text_vectorizer()
             if (
@@ -151,14 +183,7 @@ class TextClassifier(keras.Model):
         train = getattr(data, "train", None)
         if train is None or not len(train) or "text" not in train:
             raise ValueError("TextClassifier needs `data.train` with a 'text' column to adapt on.")
-        vectorizer = keras.layers.TextVectorization(
-            max_tokens=max_tokens,
-            standardize=standardize_review,
-            ngrams=None if ngrams == 1 else ngrams,
-            output_mode="int",
-            output_sequence_length=sequence_length,
-            name="vectorizer",
-        )
+        vectorizer = keras.layers.TextVectorization(**settings)
         texts = tf.data.Dataset.from_tensor_slices(train["text"].astype(str).to_numpy())
         vectorizer.adapt(texts.batch(2048))
         return vectorizer

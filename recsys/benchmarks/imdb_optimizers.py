@@ -1,0 +1,111 @@
+"""IMDB: epoch time and test accuracy of the same TextClassifier with SparseAdam vs Adam.
+
+Both models are built in the same process from the same data, the same adapted
+vocabulary and the same seed; only the optimizer differs (`recsys.optimizers.SparseAdam`
+vs tf-keras's dense `Adam`, same learning rate). The order of the two runs alternates
+with ``--order``. Prints one JSON line per epoch and a summary, and writes the summary
+to ``--output`` when given.
+
+    python -m recsys.benchmarks.imdb_optimizers \\
+        --path ../shared/datasets/aclImdb_labeled.tar.gz --epochs 3
+
+Data: Maas et al., "Learning Word Vectors for Sentiment Analysis", ACL 2011.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+
+
+def _run(
+    name: str, data: Any, model_kwargs: dict[str, Any], learning_rate: float, epochs: int, seed: int
+) -> dict[str, Any]:
+    from recsys._tf import keras
+    from recsys.models import TextClassifier
+    from recsys.optimizers import SparseAdam
+
+    keras.utils.set_random_seed(seed)
+    model = TextClassifier(data, **model_kwargs)
+    optimizer = (
+        SparseAdam(learning_rate) if name == "sparse_adam" else keras.optimizers.Adam(learning_rate)
+    )
+    model.compile(optimizer=optimizer)
+    epoch_seconds = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        model.fit(data.train_dataset(), epochs=epoch + 1, initial_epoch=epoch, verbose=0)
+        epoch_seconds.append(time.perf_counter() - start)
+        print(
+            json.dumps(
+                {"optimizer": name, "epoch": epoch + 1, "seconds": round(epoch_seconds[-1], 2)}
+            ),
+            flush=True,
+        )
+    metrics = model.evaluate_metrics(data, split="test")
+    return {
+        "optimizer": name,
+        "epoch_seconds": [round(s, 2) for s in epoch_seconds],
+        "fit_seconds": round(sum(epoch_seconds), 2),
+        # The first epoch also traces the training function; later ones are steady state.
+        "steady_epoch_seconds": round(
+            sum(epoch_seconds[1:]) / max(len(epoch_seconds) - 1, 1)
+            if epochs > 1
+            else epoch_seconds[0],
+            2,
+        ),
+        **{k: round(v, 4) for k, v in metrics.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--path", default=None, help="aclImdb tarball or folder")
+    parser.add_argument("--data-dir", default=None, help="cache root of recsys.data")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=0.001)
+    parser.add_argument("--backbone", default="pooled", choices=["pooled", "cnn", "conv"])
+    parser.add_argument("--ngrams", type=int, default=2, choices=[1, 2])
+    parser.add_argument("--order", default="sparse_adam,adam")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--output", default=None, help="write the summary JSON here")
+    args = parser.parse_args(argv)
+
+    from recsys.data import ImdbDataModule
+
+    data = ImdbDataModule(path=args.path, data_dir=args.data_dir).setup()
+    start = time.perf_counter()
+    from recsys.models import TextClassifier
+
+    # Adapt the vocabulary once; both models reuse it.
+    vocabulary = TextClassifier(data, backbone=args.backbone, ngrams=args.ngrams).vocabulary
+    print(json.dumps({"adapt_seconds": round(time.perf_counter() - start, 2)}), flush=True)
+    model_kwargs = {"backbone": args.backbone, "ngrams": args.ngrams, "vocabulary": vocabulary}
+    runs = [
+        _run(name, data, model_kwargs, args.learning_rate, args.epochs, args.seed)
+        for name in args.order.split(",")
+    ]
+    by_name = {run["optimizer"]: run for run in runs}
+    summary: dict[str, Any] = {"backbone": args.backbone, "ngrams": args.ngrams, "runs": runs}
+    if {"sparse_adam", "adam"} <= set(by_name):
+        summary["speedup_fit"] = round(
+            by_name["adam"]["fit_seconds"] / by_name["sparse_adam"]["fit_seconds"], 2
+        )
+        summary["speedup_steady_epoch"] = round(
+            by_name["adam"]["steady_epoch_seconds"]
+            / by_name["sparse_adam"]["steady_epoch_seconds"],
+            2,
+        )
+    print(json.dumps(summary), flush=True)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
