@@ -215,11 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name:<44} {med:9.2f} {base / med:5.2f}x {best:8.2f} {base_best / best:5.2f}x  {runs}"
         )
     for name, report in seen.items():
-        env = report["env"]
+        got = report["env"]
         print(
             f"  {name}: TF_NUM_INTRAOP/INTEROP_THREADS="
-            f"{env['TF_NUM_INTRAOP_THREADS'] or 'unset'}/{env['TF_NUM_INTEROP_THREADS'] or 'unset'}"
-            f", LD_PRELOAD={env['LD_PRELOAD'] or 'unset'}"
+            f"{got['TF_NUM_INTRAOP_THREADS'] or 'unset'}/{got['TF_NUM_INTEROP_THREADS'] or 'unset'}"
+            f", LD_PRELOAD={got['LD_PRELOAD'] or 'unset'}"
         )
 
     if not args.no_sweep and len(hardware.allowed_cpus) >= 2:
