@@ -8,15 +8,22 @@ get Hydra's or the constructor's message.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf, open_dict
-from train_fixtures import CONF_DIR, PROJECT_ROOT, compose_train
+from train_fixtures import CONF_DIR, PROJECT_ROOT, compose_train, process_state_restored
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state() -> Iterator[None]:
+    with process_state_restored():
+        yield
 
 
 def test_the_three_experiments_exist() -> None:

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from train_fixtures import compose_train
+from train_fixtures import compose_train, process_state_restored
 
 from recsys._tf import tf
 from recsys.recommend import main, recommend
 from recsys.train import train
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state() -> Iterator[None]:
+    with process_state_restored():
+        yield
 
 
 @pytest.fixture(scope="module")

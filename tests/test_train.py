@@ -13,12 +13,19 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from train_fixtures import TESTS_DIR, compose_train, write_tiny_imdb, write_tiny_movielens
+from train_fixtures import (
+    TESTS_DIR,
+    compose_train,
+    process_state_restored,
+    write_tiny_imdb,
+    write_tiny_movielens,
+)
 
 from recsys.callbacks import SimulatedFault
 from recsys.recommend import recommend
@@ -26,6 +33,12 @@ from recsys.train import main, train
 
 # FakeDataModule: 240 ratings, 70% train = 168 rows, batch 16 -> 11 batches per epoch.
 STEPS_PER_EPOCH = 11
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state() -> Iterator[None]:
+    with process_state_restored():
+        yield
 
 
 def _weights(objects: dict) -> list[np.ndarray]:

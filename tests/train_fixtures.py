@@ -9,6 +9,9 @@ Configs for them live in ``tests/configs`` (``data=fake``, ``model=fake``).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,21 @@ TEST_CONF_DIR = TESTS_DIR / "configs"
 
 # Overrides that keep a test run small and self-contained (no allocator re-exec).
 TEST_OVERRIDES = ("hardware.allocator=none", "trainer.verbose=0")
+
+
+@contextmanager
+def process_state_restored() -> Iterator[None]:
+    """Undo what a run does to this process: the hardware plan's environment variables
+    and CPU pinning, and Hydra's global state, so later tests start clean."""
+    environ = dict(os.environ)
+    cpus = os.sched_getaffinity(0)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        os.sched_setaffinity(0, cpus)
+        GlobalHydra.instance().clear()
 
 
 def compose_train(
