@@ -22,6 +22,7 @@ This module does not import TensorFlow (the training loop's Keras callbacks live
 from __future__ import annotations
 
 import json
+import logging
 import math
 import numbers
 import os
@@ -34,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 __all__ = [
     "RunPaths",
+    "check_resumable",
     "config_changes",
     "metric_value",
     "plot_curves",
@@ -44,6 +46,8 @@ __all__ = [
     "write_history",
     "write_metrics",
 ]
+
+log = logging.getLogger(__name__)
 
 ROOT_ENV_VAR = "RECSYS_ROOT"
 
@@ -171,6 +175,28 @@ def config_changes(cfg: DictConfig, path: Path) -> list[str]:
         for key in sorted(set(before) | set(after))
         if before.get(key, unset) != after.get(key, unset)
     ]
+
+
+def check_resumable(cfg: DictConfig, paths: RunPaths) -> None:
+    """Refuse to resume a checkpoint with a changed model config; log other changes.
+
+    Call before training starts in a run directory that may hold an earlier run.
+
+    Raises:
+        ValueError: The run directory holds a checkpoint, ``trainer.resume`` is true and
+            a ``model.`` setting differs from the one the checkpoint was trained with.
+    """
+    changes = config_changes(cfg, paths.config)
+    if not changes or not cfg.trainer.resume or not (paths.checkpoints / "checkpoint").exists():
+        return
+    model_changes = [c for c in changes if c.startswith("model.")]
+    if model_changes:
+        raise ValueError(
+            f"{paths.root} holds a checkpoint of a different model ({'; '.join(model_changes)}), "
+            "so it cannot be resumed. Use a new run directory (hydra.run.dir=...) or start "
+            "over in this one with trainer.resume=false."
+        )
+    log.warning("Resuming with a changed config: %s", "; ".join(changes))
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:

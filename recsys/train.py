@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 
 from recsys.run import (
     RunPaths,
-    config_changes,
+    check_resumable,
     metric_value,
     plot_curves,
     read_history,
@@ -88,26 +88,6 @@ def _tensorboard_installed() -> bool:
     return False
 
 
-def _check_resumable(cfg: DictConfig, paths: RunPaths) -> None:
-    """Refuse to resume a checkpoint with a changed model config; report other changes.
-
-    Raises:
-        ValueError: The run directory holds a checkpoint, ``trainer.resume`` is true and
-            a ``model.`` setting differs from the one the checkpoint was trained with.
-    """
-    changes = config_changes(cfg, paths.config)
-    if not changes or not cfg.trainer.resume or not (paths.checkpoints / "checkpoint").exists():
-        return
-    model_changes = [c for c in changes if c.startswith("model.")]
-    if model_changes:
-        raise ValueError(
-            f"{paths.root} holds a checkpoint of a different model ({'; '.join(model_changes)}), "
-            "so it cannot be resumed. Use a new run directory (hydra.run.dir=...) or start "
-            "over in this one with trainer.resume=false."
-        )
-    log.warning("Resuming with a changed config: %s", "; ".join(changes))
-
-
 def _has_rows(datamodule: Any, split: str) -> bool:
     """False when the data module exposes the split as a frame and it is empty."""
     frame = getattr(datamodule, split, None)
@@ -136,7 +116,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """
     paths = RunPaths(Path(cfg.paths.output_dir).resolve())
     paths.root.mkdir(parents=True, exist_ok=True)
-    _check_resumable(cfg, paths)
+    check_resumable(cfg, paths)
     _apply_hardware(cfg, paths.root)
 
     # TensorFlow only now, after the hardware plan.

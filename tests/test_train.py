@@ -157,7 +157,7 @@ def test_resume_refuses_a_changed_model_and_reports_other_changes(
     changed_model = [*common, "trainer.epochs=2", "model.embedding_dim=6"]
     with pytest.raises(ValueError, match=r"model\.embedding_dim: 4 -> 6.*trainer\.resume=false"):
         train(compose_train(changed_model, run_dir=tmp_path, fake=True))
-    with caplog.at_level("WARNING", logger="recsys.train"):
+    with caplog.at_level("WARNING", logger="recsys.run"):
         train(compose_train([*common, "trainer.epochs=2"], run_dir=tmp_path, fake=True))
     assert "trainer.epochs: 1 -> 2" in caplog.text
     assert json.loads((tmp_path / "metrics.json").read_text())["history"]["epoch"] == [1, 2]
