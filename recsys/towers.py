@@ -82,13 +82,15 @@ class FeatureEmbedding(keras.layers.Layer):
         pooling: How a bag is pooled: ``"mean"``, ``"sum"`` or ``"sqrtn"`` (sum over the
             square root of the bag size). Empty bags give zeros.
         embeddings_initializer: Initializer of the table.
-        embeddings_l2: L2 penalty on the looked-up rows, divided by the batch size (see
-            `recsys.layers.Embedding`); for bags, each distinct row of a batch counts once.
+        embeddings_l2: L2 penalty on the looked-up rows (every occurrence in a bag
+            counts), divided by the batch size, as in `recsys.layers.Embedding`.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Input shape:
         ``"id"``, ``"text"``, ``"bucketized"``: `[batch]` (or `[batch, 1]`).
-        ``"multi_hot"``: `[batch, n]` dense padded with ``""`` or ragged `[batch, None]`.
+        ``"multi_hot"``: `[batch, n]` dense padded with ``""`` or ragged `[batch, None]`;
+        or, for a weighted bag, `{"ids": ragged, "weights": ragged floats}` (each
+        element's embedding is scaled by its weight before pooling).
 
     Output shape:
         `[batch, embedding_dim]`.
@@ -178,12 +180,17 @@ class FeatureEmbedding(keras.layers.Layer):
             self.embedding = self._make_embedding(num_rows)
 
     def _make_embedding(self, num_rows: int) -> Any:
+        # Bags look up each distinct row once (see `pool`), which adds their penalty
+        # itself, counting every occurrence.
+        single = self.kind in ("id", "bucketized")
         return Embedding(
             num_rows,
             self.embedding_dim,
             embeddings_initializer=self.embeddings_initializer,
             embeddings_regularizer=(
-                keras.regularizers.L2(self.embeddings_l2) if self.embeddings_l2 > 0 else None
+                keras.regularizers.L2(self.embeddings_l2)
+                if self.embeddings_l2 > 0 and single
+                else None
             ),
             name="embedding",
         )
@@ -219,21 +226,35 @@ class FeatureEmbedding(keras.layers.Layer):
         return self._lookup(values)
 
     def call(self, inputs: Any) -> Any:
+        weights = None
+        if isinstance(inputs, Mapping):
+            if self.kind != "multi_hot" or set(inputs) != {"ids", "weights"}:
+                raise ValueError(
+                    "Only a 'multi_hot' feature takes a dict, with keys 'ids' and 'weights'. "
+                    f"Received keys {sorted(inputs)} for a {self.kind!r} feature."
+                )
+            inputs, weights = inputs["ids"], inputs["weights"]
         indices = self.lookup(inputs)
         if not isinstance(indices, tf.RaggedTensor):
             return self.embedding(indices)
-        return self.pool(indices)
+        return self.pool(indices, weights)
 
-    def pool(self, indices: Any) -> Any:
+    def pool(self, indices: Any, weights: Any = None) -> Any:
         """Embeds and pools ragged `[batch, None]` row indices into `[batch, dim]`.
 
         Each distinct row is looked up once per batch (long bags such as histories
         repeat the same rows many times), and the bag weights are applied with a
         sparse-dense matmul, so the table's gradient holds one slice per distinct row.
+        `weights` (ragged, aligned with `indices`) scale each element before pooling.
         """
         flat = indices.flat_values
-        unique_rows, position = tf.unique(flat, out_idx=tf.int64)
+        unique_rows, position, counts = tf.unique_with_counts(flat, out_idx=tf.int64)
         rows = self.embedding(unique_rows)
+        if self.embeddings_l2 > 0:
+            # The penalty of every looked-up element, as `recsys.layers.Embedding` does.
+            squares = tf.reduce_sum(tf.square(rows), axis=-1) * tf.cast(counts, rows.dtype)
+            batch = tf.cast(tf.maximum(indices.nrows(), 1), rows.dtype)
+            self.add_loss(self.embeddings_l2 * tf.reduce_sum(squares) / batch)
         lengths = tf.cast(indices.row_lengths(), rows.dtype)
         if self.pooling == "sum":
             weight = tf.ones_like(lengths)
@@ -244,7 +265,8 @@ class FeatureEmbedding(keras.layers.Layer):
         row_ids = tf.cast(indices.value_rowids(), tf.int64)
         bag_weights = tf.SparseTensor(
             indices=tf.stack([row_ids, position], axis=1),
-            values=tf.gather(weight, row_ids),
+            values=tf.gather(weight, row_ids)
+            * (1.0 if weights is None else tf.cast(weights.flat_values, rows.dtype)),
             dense_shape=tf.stack(
                 [tf.cast(indices.nrows(), tf.int64), tf.shape(unique_rows, out_type=tf.int64)[0]]
             ),

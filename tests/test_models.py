@@ -360,3 +360,39 @@ def test_text_classifier_reuses_a_vocabulary(imdb):
     np.testing.assert_array_equal(first.vectorizer(texts).numpy(), second.vectorizer(texts).numpy())
     with pytest.raises(ValueError, match="at most max_tokens - 2"):
         TextClassifier(imdb, max_tokens=10, vocabulary=[f"w{i}" for i in range(9)])
+
+
+def test_ranking_rated_history_holds_residuals_and_leaves_out_the_target(movielens):
+    model = RankingModel(movielens, embedding_dim=4)
+    train = movielens.train
+    user = train["user_id"].iloc[0]
+    item = train["item_id"].iloc[0]
+    mine = train[train["user_id"] == user]
+    full = model.user_features(tf.constant([user]))["rated_history"]
+    ids, weights = full["ids"].to_list()[0], full["weights"].to_list()[0]
+    expected = dict(zip(mine["item_id"], mine["rating"] - train["rating"].mean(), strict=True))
+    got = {model.item_ids[r - 1]: w for r, w in zip(ids, weights, strict=True)}
+    assert got.keys() == expected.keys()
+    np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=1e-5)
+    held_out = model.user_features(tf.constant([user]), tf.constant([item]))["rated_history"]
+    assert model.item_ids[np.array(held_out["ids"].to_list()[0]) - 1].tolist() == [
+        i for i in (model.item_ids[r - 1] for r in ids) if i != item
+    ]
+    assert len(held_out["weights"].to_list()[0]) == len(ids) - 1
+
+
+def test_weighted_bag_pooling_matches_numpy():
+    from recsys.towers import FeatureEmbedding
+
+    layer = FeatureEmbedding("multi_hot", embedding_dim=3, num_rows=6, pooling="sqrtn")
+    ids = tf.ragged.constant([[1, 4, 1], [2]], dtype=tf.int64)
+    weights = tf.ragged.constant([[0.5, -1.0, 2.0], [3.0]])
+    out = layer({"ids": ids, "weights": weights}).numpy()
+    table = layer.embedding.embeddings.numpy()
+    expected = [
+        (0.5 * table[1] - table[4] + 2.0 * table[1]) / np.sqrt(3),
+        3.0 * table[2],
+    ]
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="Only a 'multi_hot' feature takes a dict"):
+        FeatureEmbedding("id", num_bins=3)({"ids": tf.constant(["a"]), "weights": None})

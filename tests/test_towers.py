@@ -208,3 +208,13 @@ def test_history_gradient_is_row_sparse_and_sparse_adam_touches_only_those_rows(
     history_before, history_after = before[history_index], variables[history_index].numpy()
     np.testing.assert_array_equal(history_before[[0, 3, 4]], history_after[[0, 3, 4]])
     assert not np.allclose(history_before[[1, 2]], history_after[[1, 2]])
+
+
+def test_bag_penalty_counts_every_occurrence():
+    layer = FeatureEmbedding("multi_hot", embedding_dim=2, num_rows=4, embeddings_l2=0.5)
+    layer(tf.ragged.constant([[1, 1, 2], [3]], dtype=tf.int64))
+    table = layer.embedding.embeddings.numpy()
+    rows = table[[1, 1, 2, 3]]
+    expected = 0.5 * np.sum(rows**2) / 2  # divided by the batch size
+    assert len(layer.losses) == 1
+    assert float(layer.losses[0]) == pytest.approx(expected, rel=1e-5)

@@ -38,7 +38,8 @@ class FeatureStore(keras.layers.Layer):
     Args:
         keys: The ids, unique.
         columns: `{name: values}`, one value per key: a string, a number, or a list
-            of strings or of integers (a bag; ragged `tf.string` or `tf.int64`).
+            of strings, integers or floats (a bag; ragged `tf.string`, `tf.int64` or
+            `tf.float32`).
         **kwargs: Base layer arguments.
 
     Raises:
@@ -65,16 +66,21 @@ class FeatureStore(keras.layers.Layer):
                 )
             bag = any(isinstance(v, list | tuple | np.ndarray) for v in values)
             if bag:
-                integers = all(
-                    isinstance(x, numbers.Integral) and not isinstance(x, bool)
-                    for v in values
-                    for x in v
-                )
-                bags = [[int(x) if integers else str(x) for x in v] for v in values]
+                flat_values = [x for v in values for x in v]
+                if flat_values and all(
+                    isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in flat_values
+                ):
+                    dtype, convert = tf.int64, int
+                elif flat_values and all(
+                    isinstance(x, numbers.Real) and not isinstance(x, bool) for x in flat_values
+                ):
+                    dtype, convert = tf.float32, float
+                else:
+                    dtype, convert = tf.string, str
+                bags = [[convert(x) for x in v] for v in values]
                 self.columns[name] = bags
                 lengths = [0] + [len(v) for v in bags]
                 flat = [x for v in bags for x in v]
-                dtype = tf.int64 if integers and flat else tf.string
                 table = tf.RaggedTensor.from_row_lengths(
                     tf.constant(flat, dtype=dtype, shape=[len(flat)]),
                     tf.constant(lengths, dtype=tf.int64),

@@ -12,8 +12,8 @@ import tensorflow_recommenders as tfrs
 from recsys import evaluation
 from recsys._tf import keras, tf
 from recsys.models._common import check_choice, check_nonnegative, check_positive_int
-from recsys.models.features import FeatureStore, user_histories
-from recsys.towers import FeatureEmbedding, ItemTower, UserTower
+from recsys.models.features import FeatureStore
+from recsys.towers import FeatureEmbedding, ItemTower, Tower
 
 __all__ = ["RankingModel"]
 
@@ -45,6 +45,10 @@ class RankingModel(tfrs.Model):
         use_history: Add the pooled embeddings of the user's training items to the user
             vector.
         history_pooling: ``"mean"``, ``"sum"`` or ``"sqrtn"``.
+        use_rated_history: Also add the user's training items' embeddings (a third
+            table) weighted by each rating minus the global mean: an item-item
+            neighbourhood term, as in Koren's integrated model (KDD 2008). During
+            training the target item is left out of this term (its rating is the label).
         factors_l2: L2 penalty on looked-up factor rows.
         bias_l2: L2 penalty on looked-up bias rows.
         hidden_units: Hidden layers of an optional MLP over the user and item vectors
@@ -64,6 +68,7 @@ class RankingModel(tfrs.Model):
         use_biases: bool = True,
         use_history: bool = True,
         history_pooling: str = "sqrtn",
+        use_rated_history: bool = True,
         factors_l2: float = 0.05,
         bias_l2: float = 0.005,
         hidden_units: Sequence[int] = (),
@@ -90,23 +95,39 @@ class RankingModel(tfrs.Model):
         self.use_history = bool(use_history)
         initializer = {"class_name": "RandomNormal", "config": {"stddev": float(init_stddev)}}
 
+        self.use_rated_history = bool(use_rated_history)
         user_columns: dict[str, Any] = {}
-        if use_history:
+        if use_history or use_rated_history:
             position = {item: row + 1 for row, item in enumerate(self.item_ids)}
-            user_columns["history"] = [
-                [position[i] for i in items if i in position]
-                for items in user_histories(train, self.user_ids)
-            ]
+            frame = train.assign(
+                user_id=train["user_id"].astype(str), item_id=train["item_id"].astype(str)
+            )
+            frame = frame[frame["item_id"].isin(position)]
+            grouped = frame.groupby("user_id", sort=False)
+            rows = grouped["item_id"].agg(lambda s: [position[i] for i in s])
+            residuals = grouped["rating"].agg(lambda s: [float(r) - self.global_mean for r in s])
+            user_columns["history"] = [rows.get(u, []) for u in self.user_ids]
+            if use_rated_history:
+                user_columns["rated_history_weights"] = [
+                    [np.float32(r) for r in residuals.get(u, [])] for u in self.user_ids
+                ]
         self.user_store = FeatureStore(self.user_ids, user_columns, name="user_features")
-        self.user_tower = UserTower(
-            user_vocabulary=self.user_ids,
-            history_num_rows=len(self.item_ids) + 1 if use_history else None,
-            embedding_dim=embedding_dim,
-            history_pooling=history_pooling,
-            embeddings_l2=factors_l2,
-            embeddings_initializer=initializer,
-            combiner="sum",
-            name="user_tower",
+        table = {
+            "embedding_dim": embedding_dim,
+            "embeddings_l2": factors_l2,
+            "embeddings_initializer": initializer,
+        }
+        user_features: dict[str, dict[str, Any]] = {
+            "user_id": {"kind": "id", "vocabulary": list(self.user_ids), **table}
+        }
+        history_table = {"kind": "multi_hot", "num_rows": len(self.item_ids) + 1, **table}
+        if use_history:
+            user_features["history"] = {**history_table, "pooling": history_pooling}
+        if use_rated_history:
+            user_features["rated_history"] = {**history_table, "pooling": history_pooling}
+        self.user_tower = Tower(user_features, combiner="sum", name="user_tower")
+        self._item_lookup = keras.layers.StringLookup(
+            vocabulary=list(self.item_ids), num_oov_indices=1, mask_token=None
         )
         self.item_tower = ItemTower(
             item_vocabulary=self.item_ids,
@@ -141,6 +162,7 @@ class RankingModel(tfrs.Model):
             "use_biases": use_biases,
             "use_history": use_history,
             "history_pooling": history_pooling,
+            "use_rated_history": use_rated_history,
             "factors_l2": factors_l2,
             "bias_l2": bias_l2,
             "hidden_units": list(hidden_units),
@@ -148,12 +170,27 @@ class RankingModel(tfrs.Model):
             "init_stddev": init_stddev,
         }
 
+    def user_features(self, user_ids: Any, exclude_items: Any = None) -> dict[str, Any]:
+        """The user tower's inputs; `exclude_items` leave the rated history."""
+        stored = self.user_store(user_ids)
+        features: dict[str, Any] = {"user_id": user_ids}
+        if self.use_history:
+            features["history"] = stored["history"]
+        if self.use_rated_history:
+            history, weights = stored["history"], stored["rated_history_weights"]
+            if exclude_items is not None:
+                target = tf.repeat(self._item_lookup(exclude_items), history.row_lengths())
+                keep = history.with_flat_values(tf.not_equal(history.flat_values, target))
+                history = tf.ragged.boolean_mask(history, keep)
+                weights = tf.ragged.boolean_mask(weights, keep)
+            features["rated_history"] = {"ids": history, "weights": weights}
+        return features
+
     def call(self, features: dict[str, Any], training: bool | None = None) -> Any:
         """Unclipped predicted ratings, `[batch]`."""
         user_ids = tf.reshape(features["user_id"], [-1])
         item_ids = tf.reshape(features["item_id"], [-1])
-        user_inputs = dict(self.user_store(user_ids))
-        user_inputs["user_id"] = user_ids
+        user_inputs = self.user_features(user_ids, item_ids if training else None)
         users = self.user_tower(user_inputs, training=training)
         items = self.item_tower({"item_id": item_ids}, training=training)
         prediction = self.global_mean + tf.reduce_sum(users * items, axis=-1)

@@ -88,7 +88,7 @@ class RetrievalModel(tfrs.Model):
         history_pooling: str = "sqrtn",
         exclude_target_from_history: bool = True,
         item_features: Sequence[str] = ("genres", "year"),
-        temperature: float = 0.1,
+        temperature: float = 0.3,
         logq_correction: bool = True,
         remove_accidental_hits: bool = True,
         l2_normalize: bool = True,
