@@ -94,12 +94,16 @@ def train_steps(steps: int, batch: int, warmup: int) -> dict[str, Any]:
     for k in range(warmup):
         step(*batches[k % len(batches)]).numpy()
     times = []
+    cpu0 = time.process_time()
     for k in range(steps):
         t0 = time.perf_counter()
         step(*batches[k % len(batches)]).numpy()
         times.append(time.perf_counter() - t0)
+    cpu = time.process_time() - cpu0
     return {
         "step_ms": 1000 * statistics.median(times),
+        # CPU time of all threads per step: less moved by other load than wall time.
+        "cpu_ms": 1000 * cpu / steps,
         "intra": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter": tf.config.threading.get_inter_op_parallelism_threads(),
         "env": {k: os.environ.get(k) for k in PLAN_VARS if k != LAUNCHER_KEYS_VAR},
@@ -191,11 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plan.allocator:
         configs[f"launcher plan + {os.path.basename(plan.allocator)}"] = launched([], work)
     samples: dict[str, list[float]] = {name: [] for name in configs}
+    cpu: dict[str, list[float]] = {name: [] for name in configs}
     seen: dict[str, dict[str, Any]] = {}
     for _ in range(args.repeats):
         for name, cmd in configs.items():
             report = run_worker(cmd, env)
             samples[name].append(report["step_ms"])
+            cpu[name].append(report["cpu_ms"])
             seen[name] = report
     base = statistics.median(samples["TensorFlow defaults"])
     base_best = min(samples["TensorFlow defaults"])
@@ -205,15 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(best is least disturbed by other load); ratio > 1 means faster than defaults"
     )
     print(
-        f"{'configuration':<44} {'median ms':>9} {'ratio':>6} {'best ms':>8} {'ratio':>6}  "
-        "per process (ms)"
+        f"{'configuration':<44} {'median ms':>9} {'ratio':>6} {'best ms':>8} {'ratio':>6} "
+        f"{'CPU ms':>7}  per process (ms)"
     )
     for name, values in samples.items():
         med, best = statistics.median(values), min(values)
         runs = " ".join(f"{v:.1f}" for v in values)
         print(
-            f"{name:<44} {med:9.2f} {base / med:5.2f}x {best:8.2f} {base_best / best:5.2f}x  {runs}"
+            f"{name:<44} {med:9.2f} {base / med:5.2f}x {best:8.2f} {base_best / best:5.2f}x "
+            f"{statistics.median(cpu[name]):7.1f}  {runs}"
         )
+    print("  CPU ms = CPU time of all the process's threads per step (median over processes)")
     for name, report in seen.items():
         got = report["env"]
         print(
