@@ -396,3 +396,19 @@ def test_weighted_bag_pooling_matches_numpy():
     np.testing.assert_allclose(out, expected, rtol=1e-5)
     with pytest.raises(ValueError, match="Only a 'multi_hot' feature takes a dict"):
         FeatureEmbedding("id", num_bins=3)({"ids": tf.constant(["a"]), "weights": None})
+
+
+def test_ranking_item_side_rated_history_leaves_out_the_target_user(movielens):
+    model = RankingModel(movielens, embedding_dim=4, use_item_rated_history=True)
+    train = movielens.train
+    user, item = train["user_id"].iloc[0], train["item_id"].iloc[0]
+    raters = sorted(train.loc[train["item_id"] == item, "user_id"])
+    full = model.item_features(tf.constant([item]))["rated_by"]["ids"].to_list()[0]
+    assert sorted(model.user_ids[r - 1] for r in full) == raters
+    held_out = model.item_features(tf.constant([item]), tf.constant([user]))["rated_by"]
+    assert sorted(model.user_ids[r - 1] for r in held_out["ids"].to_list()[0]) == [
+        r for r in raters if r != user
+    ]
+    model.compile(optimizer=SparseAdam(0.01))
+    model.fit(movielens.train_dataset(), epochs=1, verbose=0)
+    assert np.isfinite(model.evaluate_metrics(movielens)["test/rmse"])

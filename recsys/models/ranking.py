@@ -13,7 +13,7 @@ from recsys import evaluation
 from recsys._tf import keras, tf
 from recsys.models._common import check_choice, check_nonnegative, check_positive_int
 from recsys.models.features import FeatureStore
-from recsys.towers import FeatureEmbedding, ItemTower, Tower
+from recsys.towers import FeatureEmbedding, Tower
 
 __all__ = ["RankingModel"]
 
@@ -49,6 +49,9 @@ class RankingModel(tfrs.Model):
             table) weighted by each rating minus the global mean: an item-item
             neighbourhood term, as in Koren's integrated model (KDD 2008). During
             training the target item is left out of this term (its rating is the label).
+        use_item_rated_history: The item-side counterpart: add the embeddings of the
+            users who rated the item, weighted by their rating minus the global mean
+            (the target user left out during training).
         factors_l2: L2 penalty on looked-up factor rows.
         bias_l2: L2 penalty on looked-up bias rows.
         hidden_units: Hidden layers of an optional MLP over the user and item vectors
@@ -69,6 +72,7 @@ class RankingModel(tfrs.Model):
         use_history: bool = True,
         history_pooling: str = "sqrtn",
         use_rated_history: bool = True,
+        use_item_rated_history: bool = False,
         factors_l2: float = 0.05,
         bias_l2: float = 0.005,
         hidden_units: Sequence[int] = (),
@@ -96,22 +100,26 @@ class RankingModel(tfrs.Model):
         initializer = {"class_name": "RandomNormal", "config": {"stddev": float(init_stddev)}}
 
         self.use_rated_history = bool(use_rated_history)
+        self.use_item_rated_history = bool(use_item_rated_history)
+        frame = train.assign(
+            user_id=train["user_id"].astype(str), item_id=train["item_id"].astype(str)
+        )
+        item_bags = _bags(
+            frame, "user_id", self.user_ids, "item_id", self.item_ids, self.global_mean
+        )
         user_columns: dict[str, Any] = {}
         if use_history or use_rated_history:
-            position = {item: row + 1 for row, item in enumerate(self.item_ids)}
-            frame = train.assign(
-                user_id=train["user_id"].astype(str), item_id=train["item_id"].astype(str)
-            )
-            frame = frame[frame["item_id"].isin(position)]
-            grouped = frame.groupby("user_id", sort=False)
-            rows = grouped["item_id"].agg(lambda s: [position[i] for i in s])
-            residuals = grouped["rating"].agg(lambda s: [float(r) - self.global_mean for r in s])
-            user_columns["history"] = [rows.get(u, []) for u in self.user_ids]
-            if use_rated_history:
-                user_columns["rated_history_weights"] = [
-                    [np.float32(r) for r in residuals.get(u, [])] for u in self.user_ids
-                ]
+            user_columns["history"] = item_bags[0]
+        if use_rated_history:
+            user_columns["rated_history_weights"] = item_bags[1]
         self.user_store = FeatureStore(self.user_ids, user_columns, name="user_features")
+        item_columns: dict[str, Any] = {}
+        if use_item_rated_history:
+            rows, residuals = _bags(
+                frame, "item_id", self.item_ids, "user_id", self.user_ids, self.global_mean
+            )
+            item_columns = {"raters": rows, "rater_weights": residuals}
+        self.item_store = FeatureStore(self.item_ids, item_columns, name="item_features")
         table = {
             "embedding_dim": embedding_dim,
             "embeddings_l2": factors_l2,
@@ -129,13 +137,20 @@ class RankingModel(tfrs.Model):
         self._item_lookup = keras.layers.StringLookup(
             vocabulary=list(self.item_ids), num_oov_indices=1, mask_token=None
         )
-        self.item_tower = ItemTower(
-            item_vocabulary=self.item_ids,
-            embedding_dim=embedding_dim,
-            embeddings_l2=factors_l2,
-            embeddings_initializer=initializer,
-            name="item_tower",
+        self._user_lookup = keras.layers.StringLookup(
+            vocabulary=list(self.user_ids), num_oov_indices=1, mask_token=None
         )
+        item_features: dict[str, dict[str, Any]] = {
+            "item_id": {"kind": "id", "vocabulary": list(self.item_ids), **table}
+        }
+        if use_item_rated_history:
+            item_features["rated_by"] = {
+                "kind": "multi_hot",
+                "num_rows": len(self.user_ids) + 1,
+                "pooling": history_pooling,
+                **table,
+            }
+        self.item_tower = Tower(item_features, combiner="sum", name="item_tower")
         if self.use_biases:
             bias = {"kind": "id", "embedding_dim": 1, "embeddings_initializer": "zeros"}
             self.user_bias = FeatureEmbedding(
@@ -163,6 +178,7 @@ class RankingModel(tfrs.Model):
             "use_history": use_history,
             "history_pooling": history_pooling,
             "use_rated_history": use_rated_history,
+            "use_item_rated_history": use_item_rated_history,
             "factors_l2": factors_l2,
             "bias_l2": bias_l2,
             "hidden_units": list(hidden_units),
@@ -179,11 +195,19 @@ class RankingModel(tfrs.Model):
         if self.use_rated_history:
             history, weights = stored["history"], stored["rated_history_weights"]
             if exclude_items is not None:
-                target = tf.repeat(self._item_lookup(exclude_items), history.row_lengths())
-                keep = history.with_flat_values(tf.not_equal(history.flat_values, target))
-                history = tf.ragged.boolean_mask(history, keep)
-                weights = tf.ragged.boolean_mask(weights, keep)
+                history, weights = _leave_out(history, weights, self._item_lookup(exclude_items))
             features["rated_history"] = {"ids": history, "weights": weights}
+        return features
+
+    def item_features(self, item_ids: Any, exclude_users: Any = None) -> dict[str, Any]:
+        """The item tower's inputs; `exclude_users` leave the item's rated-by bag."""
+        features: dict[str, Any] = {"item_id": item_ids}
+        if self.use_item_rated_history:
+            stored = self.item_store(item_ids)
+            raters, weights = stored["raters"], stored["rater_weights"]
+            if exclude_users is not None:
+                raters, weights = _leave_out(raters, weights, self._user_lookup(exclude_users))
+            features["rated_by"] = {"ids": raters, "weights": weights}
         return features
 
     def call(self, features: dict[str, Any], training: bool | None = None) -> Any:
@@ -192,7 +216,9 @@ class RankingModel(tfrs.Model):
         item_ids = tf.reshape(features["item_id"], [-1])
         user_inputs = self.user_features(user_ids, item_ids if training else None)
         users = self.user_tower(user_inputs, training=training)
-        items = self.item_tower({"item_id": item_ids}, training=training)
+        items = self.item_tower(
+            self.item_features(item_ids, user_ids if training else None), training=training
+        )
         prediction = self.global_mean + tf.reduce_sum(users * items, axis=-1)
         if self.use_biases:
             prediction += tf.squeeze(self.user_bias(user_ids), -1)
@@ -263,3 +289,34 @@ class _RankingExport(tf.Module):
     )
     def serve(self, user_id: Any, item_id: Any) -> dict[str, Any]:
         return {"rating": self.model.predict_ratings(user_id, item_id)}
+
+
+def _bags(
+    frame: pd.DataFrame,
+    key: str,
+    keys: np.ndarray,
+    member: str,
+    members: np.ndarray,
+    global_mean: float,
+) -> tuple[list[list[int]], list[list[float]]]:
+    """For each key: its members' rows (position + 1) and rating residuals."""
+    position = pd.Series(np.arange(1, len(members) + 1), index=members)
+    frame = frame[frame[member].isin(position.index)]
+    rows = position.reindex(frame[member]).to_numpy()
+    residuals = (frame["rating"].to_numpy(dtype=np.float64) - global_mean).astype(np.float32)
+    grouped_rows: dict[str, list[int]] = {}
+    grouped_residuals: dict[str, list[float]] = {}
+    for owner, row, residual in zip(frame[key].to_numpy(), rows, residuals, strict=True):
+        grouped_rows.setdefault(owner, []).append(int(row))
+        grouped_residuals.setdefault(owner, []).append(float(residual))
+    return (
+        [grouped_rows.get(k, []) for k in keys],
+        [grouped_residuals.get(k, []) for k in keys],
+    )
+
+
+def _leave_out(rows: Any, weights: Any, target: Any) -> tuple[Any, Any]:
+    """Drops, from each example's bag, the element equal to that example's target row."""
+    repeated = tf.repeat(target, rows.row_lengths())
+    keep = rows.with_flat_values(tf.not_equal(rows.flat_values, repeated))
+    return tf.ragged.boolean_mask(rows, keep), tf.ragged.boolean_mask(weights, keep)
