@@ -389,3 +389,15 @@ def test_optuna_search_runs_trials_and_reports_the_best(tmp_path: Path) -> None:
     results = (sweep_dir / "optimization_results.yaml").read_text()
     assert "best_value" in results
     assert f"{min(rmse):.6f}"[:6] in results
+
+
+def test_entry_points_do_not_import_tensorflow_at_import_time() -> None:
+    """The hardware plan must be applied before TensorFlow starts (recsys.launch)."""
+    code = (
+        "import sys, recsys.train, recsys.run, recsys.recommend; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"
