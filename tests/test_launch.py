@@ -241,6 +241,7 @@ def test_apply_sets_environment_and_saves_record(tmp_path: Path, monkeypatch) ->
     assert plan.summary().splitlines()[0] == "recsys hardware plan"
 
 
+@pytest.mark.filterwarnings("ignore:.*did not load:RuntimeWarning")
 def test_apply_reexecutes_when_preload_changes(tmp_path: Path, monkeypatch) -> None:
     lib = tmp_path / "libtcmalloc.so.9"
     lib.write_bytes(b"")
