@@ -175,13 +175,20 @@ def test_a_crashing_job_is_reported(tmp_path: Path) -> None:
 
 @pytest.fixture
 def hydra_state():
+    import logging
+
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.singleton import Singleton
 
     state = Singleton.get_state()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     yield
     GlobalHydra.instance().clear()
     Singleton.set_state(state)
+    # The launcher configures Hydra's logging, as the basic launcher does; undo it here.
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def in_process_multirun(tmp_path: Path, task, *overrides: str):
