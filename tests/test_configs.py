@@ -8,6 +8,7 @@ get Hydra's or the constructor's message.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +170,23 @@ def test_optuna_search_composes() -> None:
     assert cfg.optimized_metric.startswith("val/")
     assert cfg.data.val_fraction > 0
     assert set(cfg.hydra.sweeper.params) == {"optimizer.learning_rate", "model.embedding_dim"}
+
+
+# Constructor arguments a config does not set: the data module is passed by recsys.train,
+# `name` is the Keras name, `vocabulary` is for models built in code from another's vocabulary.
+NOT_CONFIGURED = {"self", "data", "name", "vocabulary"}
+
+
+@pytest.mark.parametrize("group", sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+def test_model_config_lists_every_argument_with_its_default(group: str) -> None:
+    """conf/model/*.yaml is the models' documentation: one key per constructor argument,
+    each with the constructor's default (experiments override what they change)."""
+    config = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{group}.yaml"))
+    model = hydra.utils.get_class(config.pop("_target_"))
+    parameters = inspect.signature(model.__init__).parameters
+    defaults = {
+        name: list(p.default) if isinstance(p.default, tuple) else p.default
+        for name, p in parameters.items()
+        if name not in NOT_CONFIGURED
+    }
+    assert config == defaults
