@@ -25,6 +25,18 @@ from recsys.launch import (
 
 APPS = Path(__file__).parent / "apps"
 
+# Other tests in the same session import TensorFlow; apply_hardware_plan rightly warns then.
+pytestmark = pytest.mark.filterwarnings("ignore:TensorFlow was imported before:RuntimeWarning")
+
+
+@pytest.fixture
+def not_in_multirun(monkeypatch):
+    """Earlier in-process Hydra runs in this session may leave a MULTIRUN HydraConfig behind."""
+    import recsys.launch
+
+    monkeypatch.setattr(recsys.launch, "_in_hydra_multirun", lambda: False)
+
+
 # 2 sockets x 2 cores x 2 hyper-threads (cpu n and n+4 share a core).
 SERVER = Hardware(
     allowed_cpus=tuple(range(8)),
@@ -218,7 +230,9 @@ def test_user_ld_preload_is_kept_inside_ours(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- apply
 
 
-def test_apply_sets_environment_and_saves_record(tmp_path: Path, monkeypatch) -> None:
+def test_apply_sets_environment_and_saves_record(
+    tmp_path: Path, monkeypatch, not_in_multirun
+) -> None:
     monkeypatch.setattr(os, "environ", {"OMP_NUM_THREADS": "3"})
     calls = []
     with open(tmp_path / "summary.txt", "w") as summary:
@@ -242,7 +256,9 @@ def test_apply_sets_environment_and_saves_record(tmp_path: Path, monkeypatch) ->
 
 
 @pytest.mark.filterwarnings("ignore:.*did not load:RuntimeWarning")
-def test_apply_reexecutes_when_preload_changes(tmp_path: Path, monkeypatch) -> None:
+def test_apply_reexecutes_when_preload_changes(
+    tmp_path: Path, monkeypatch, not_in_multirun
+) -> None:
     lib = tmp_path / "libtcmalloc.so.9"
     lib.write_bytes(b"")
     monkeypatch.setattr(os, "environ", {})
