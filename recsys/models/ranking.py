@@ -32,8 +32,8 @@ class RankingModel(tfrs.Model):
     Example:
 
     >>> model = RankingModel(data)  # data: a set-up MovieLensDataModule
-    >>> model.compile(optimizer=recsys.optimizers.SparseAdam(0.002))
-    >>> model.fit(data.train_dataset(), epochs=10)
+    >>> model.compile(optimizer=recsys.optimizers.SparseAdam(0.003))
+    >>> model.fit(data.train_dataset(), epochs=9)  # with data batch_size=512
     >>> model.evaluate_metrics(data)  # {'test/rmse': ..., 'test/mae': ...}
     >>> model.export("/tmp/ranking")  # serving_default: (user_id, item_id) -> rating
 

@@ -42,8 +42,8 @@ class RetrievalModel(tfrs.Model):
     Example:
 
     >>> model = RetrievalModel(data)  # data: a set-up MovieLensDataModule
-    >>> model.compile(optimizer=recsys.optimizers.SparseAdam(0.01))
-    >>> model.fit(data.train_dataset(), epochs=20)
+    >>> model.compile(optimizer=recsys.optimizers.SparseAdam(0.003))
+    >>> model.fit(data.train_dataset(), epochs=3)  # with data batch_size=2048
     >>> model.evaluate_metrics(data)  # {'test/top100_accuracy': ..., ...}
     >>> model.export("/tmp/retrieval")  # serving_default: user_id -> item_ids, scores
 
