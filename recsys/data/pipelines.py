@@ -117,7 +117,10 @@ def _index_batches(
         return _batch_indices(perm, batch_size, drop_remainder)
 
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-    return seeds.flat_map(permute)
+    # flat_map hides the number of batches; Keras needs it to count an epoch's steps
+    # exactly (otherwise it adds one optimizer step per fit() call, which breaks exact resume).
+    n_batches = n // batch_size + (0 if drop_remainder or n % batch_size == 0 else 1)
+    return seeds.flat_map(permute).apply(tf.data.experimental.assert_cardinality(n_batches))
 
 
 def ratings_dataset(

@@ -70,6 +70,19 @@ def test_shuffle_covers_every_row_once_differs_per_epoch_and_is_seeded(ml):
     assert [int(b["rating"].shape[0]) for b in dropped] == [5, 5]
 
 
+@pytest.mark.parametrize(
+    ("batch_size", "drop_remainder", "want"), [(5, False, 3), (4, False, 3), (5, True, 2)]
+)
+def test_shuffled_datasets_know_their_number_of_batches(ml, batch_size, drop_remainder, want):
+    # Keras counts an epoch's steps from the cardinality; unknown, it adds a step per
+    # fit() call and a resumed run's Adam bias correction drifts from an uninterrupted one.
+    assert len(ml.ratings) == 12
+    ds = ratings_dataset(
+        ml.ratings, batch_size=batch_size, shuffle=True, drop_remainder=drop_remainder
+    )
+    assert int(ds.cardinality()) == want == sum(1 for _ in ds)
+
+
 def test_ratings_with_unknown_items_are_refused(ml):
     bad = ml.ratings.copy()
     bad.loc[3, "item_id"] = "999"
