@@ -19,7 +19,19 @@ __version__ = "0.1.0"
 
 ensure_legacy_keras_env()
 
-_SUBMODULES = ("layers", "optimizers", "data", "hardware", "launch", "benchmarks")
+_SUBMODULES = (
+    "benchmarks",
+    "data",
+    "evaluation",
+    "hardware",
+    "launch",
+    "layers",
+    "models",
+    "optimizers",
+    "recommend",
+    "towers",
+    "train",
+)
 
 __all__ = ["__version__", *_SUBMODULES]
 
