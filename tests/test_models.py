@@ -412,3 +412,12 @@ def test_ranking_item_side_rated_history_leaves_out_the_target_user(movielens):
     model.compile(optimizer=SparseAdam(0.01))
     model.fit(movielens.train_dataset(), epochs=1, verbose=0)
     assert np.isfinite(model.evaluate_metrics(movielens)["test/rmse"])
+
+
+def test_pooled_backbone_is_the_mean_of_token_embeddings(imdb):
+    model = TextClassifier(imdb, max_tokens=60, sequence_length=6, embedding_dim=4)
+    tokens = tf.constant([[5, 7, 5, 0, 0, 0], [0, 0, 0, 0, 0, 0], [9, 1, 2, 3, 4, 8]], tf.int64)
+    got = model._mean_of_token_embeddings(tokens).numpy()
+    table = model.embedding.embeddings.numpy()
+    expected = [table[[5, 7, 5]].mean(0), np.zeros(4), table[[9, 1, 2, 3, 4, 8]].mean(0)]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
