@@ -96,6 +96,29 @@ def test_movielens_follows_the_design_protocol() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("variant", "want"),
+    [
+        ("100k", (512, 9, 32, 0.08, True, True)),
+        ("latest-small", (512, 9, 32, 0.08, True, True)),
+        ("1m", (4096, 8, 64, 0.05, False, False)),
+        ("25m", (4096, 8, 64, 0.05, False, False)),
+    ],
+)
+def test_ranking_experiment_picks_the_recipe_of_the_variant(variant: str, want: tuple) -> None:
+    cfg = compose_train(["+experiment=movielens_ranking", f"data.variant={variant}"])
+    model = cfg.model
+    got = (cfg.data.batch_size, cfg.trainer.epochs, model.embedding_dim, model.factors_l2)
+    assert (*got, model.use_history, model.use_rated_history) == want
+
+
+def test_command_line_beats_the_ranking_recipe() -> None:
+    cfg = compose_train(
+        ["+experiment=movielens_ranking", "data.variant=1m", "model.embedding_dim=16"]
+    )
+    assert (cfg.model.embedding_dim, cfg.data.batch_size) == (16, 4096)
+
+
 def test_paths_are_absolute_from_any_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
