@@ -432,8 +432,24 @@ class Tower(keras.Model):
         return cls(**config)
 
 
+class _PresetTower(Tower):
+    """A tower whose features are derived from its own constructor arguments.
+
+    Subclasses store those arguments in ``self._tower_args``; the config holds them
+    instead of the derived feature list.
+    """
+
+    _tower_args: dict[str, Any]
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        del config["features"]
+        config.update(_plain(self._tower_args))
+        return config
+
+
 @keras.saving.register_keras_serializable(package="recsys")
-class UserTower(Tower):
+class UserTower(_PresetTower):
     """A tower over a user's id and the items the user interacted with.
 
     Inputs: ``"user_id"`` (`[batch]` strings) and, with `item_vocabulary`,
@@ -541,15 +557,9 @@ class UserTower(Tower):
             **kwargs,
         )
 
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        del config["features"]
-        config.update(_plain(self._tower_args))
-        return config
-
 
 @keras.saving.register_keras_serializable(package="recsys")
-class ItemTower(Tower):
+class ItemTower(_PresetTower):
     """A tower over an item's id and, optionally, its genres, year and title.
 
     Inputs: ``"item_id"`` (`[batch]` strings) and, when configured, ``"genres"``
@@ -646,9 +656,3 @@ class ItemTower(Tower):
             l2_normalize=l2_normalize,
             **kwargs,
         )
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        del config["features"]
-        config.update(_plain(self._tower_args))
-        return config
