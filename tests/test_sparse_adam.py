@@ -318,3 +318,22 @@ def test_jit_compile_runs_dense_under_xla_and_sparse_without(table):
     np.testing.assert_array_equal(results[1][0], results[0][0])
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(results[1][0][10:], table[10:])
+
+
+@pytest.mark.parametrize("use_xla", [True, False], ids=["xla-sum", "tf-sum"])
+def test_duplicates_are_summed_with_and_without_xla(table, monkeypatch, use_xla):
+    import recsys.optimizers.sparse_adam as sparse_adam_module
+
+    monkeypatch.setattr(sparse_adam_module, "_USE_XLA_SEGMENT_SUM", use_xla)
+    indices = np.array([3, 1, 3, 3, 7, 1], dtype=np.int32)
+    values = np.random.default_rng(17).normal(size=(6, DIM)).astype(np.float32)
+    (deduplicated,) = SparseAdam()._deduplicate_sparse_grad(
+        [tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant([ROWS, DIM]))]
+    )
+    assert deduplicated.indices.numpy().tolist() == [3, 1, 7]
+    want = np.stack([values[[0, 2, 3]].sum(0), values[[1, 5]].sum(0), values[4]])
+    np.testing.assert_allclose(deduplicated.values.numpy(), want, rtol=1e-6)
+    steps = random_sparse_steps(seed=19, n_steps=3)
+    var = apply_sparse_steps(SparseAdam(0.01), table, steps)
+    want_var, _, _ = lazy_adam_reference(table, steps, lr=0.01)
+    np.testing.assert_allclose(var.numpy(), want_var, rtol=1e-5, atol=1e-6)

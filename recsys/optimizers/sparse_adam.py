@@ -9,6 +9,31 @@ from typing import Any
 from recsys._tf import keras, tf
 
 _BaseAdam = keras.optimizers.Adam
+
+
+def _segment_sum(values: Any, segment_ids: Any, num_segments: Any) -> Any:
+    return tf.math.unsorted_segment_sum(values, segment_ids, num_segments)
+
+
+# Summing duplicate rows is a large share of a sparse step on CPU; XLA's fused kernel
+# takes about half the time of TensorFlow's. Its input shapes are those of the raw
+# gradient (ids per batch), which stay fixed from step to step, so it compiles once
+# per batch shape. The output is padded to one row per id and cut afterwards.
+@tf.function(jit_compile=True)
+def _segment_sum_xla(values: Any, segment_ids: Any) -> Any:
+    return tf.math.unsorted_segment_sum(values, segment_ids, tf.shape(segment_ids)[0])
+
+
+def _can_jit_compile() -> bool:
+    try:
+        from tf_keras.src.utils import tf_utils
+
+        return bool(tf_utils.can_jit_compile())
+    except ImportError:  # pragma: no cover - tf-keras layout changed
+        return False
+
+
+_USE_XLA_SEGMENT_SUM = _can_jit_compile()
 _BASE_HAS_ADAPTIVE_EPSILON = "adaptive_epsilon" in inspect.signature(_BaseAdam.__init__).parameters
 
 
@@ -164,6 +189,22 @@ class SparseAdam(_BaseAdam):
         # decay is applied inside `update_step` instead, where the gradient tells
         # which rows a sparse update touches.
         return
+
+    def _deduplicate_sparse_grad(self, grads: Any) -> list:
+        """Sums the values of duplicate indices, as the base class does, but faster."""
+        deduplicated = []
+        for grad in grads:
+            if not isinstance(grad, tf.IndexedSlices):
+                deduplicated.append(grad)
+                continue
+            unique_indices, positions = tf.unique(grad.indices)
+            n_unique = tf.shape(unique_indices)[0]
+            if _USE_XLA_SEGMENT_SUM:
+                summed = _segment_sum_xla(grad.values, positions)[:n_unique]
+            else:
+                summed = _segment_sum(grad.values, positions, n_unique)
+            deduplicated.append(tf.IndexedSlices(summed, unique_indices, grad.dense_shape))
+        return deduplicated
 
     def _weight_decay_rate(self, variable: Any) -> Any | None:
         """`weight_decay * learning_rate` for `variable`, or None where no decay applies."""
