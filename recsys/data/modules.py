@@ -34,7 +34,39 @@ def vocabulary(values: pd.Series | Sequence[str] | np.ndarray) -> np.ndarray:
     return np.asarray(sorted(pd.unique(pd.Series(values, dtype=str))), dtype=object)
 
 
-class MovieLensDataModule:
+class _SplitDatasets:
+    """The three split datasets of a data module, built by its ``_dataset``.
+
+    Batches have the module's format (see its class docstring).
+    """
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+
+    def setup(self) -> Any:
+        raise NotImplementedError
+
+    def _dataset(self, frame: pd.DataFrame, shuffle: bool) -> tf.data.Dataset:
+        raise NotImplementedError
+
+    def train_dataset(self, shuffle: bool = True) -> tf.data.Dataset:
+        """Train batches, reshuffled every epoch unless ``shuffle=False``."""
+        self.setup()
+        return self._dataset(self.train, shuffle)
+
+    def val_dataset(self) -> tf.data.Dataset:
+        """Validation batches in split order (empty when ``val_fraction`` is 0)."""
+        self.setup()
+        return self._dataset(self.val, False)
+
+    def test_dataset(self) -> tf.data.Dataset:
+        """Test batches in split order."""
+        self.setup()
+        return self._dataset(self.test, False)
+
+
+class MovieLensDataModule(_SplitDatasets):
     """MovieLens ratings, split into train / val / test, as tf.data pipelines.
 
     Vocabularies: ``user_vocabulary`` holds the users of the train split only (users
@@ -192,21 +224,6 @@ class MovieLensDataModule:
             **kwargs,
         )
 
-    def train_dataset(self, shuffle: bool = True) -> tf.data.Dataset:
-        """Train batches (dicts: user_id, item_id, rating, timestamp, title, genres)."""
-        self.setup()
-        return self._dataset(self.train, shuffle)
-
-    def val_dataset(self) -> tf.data.Dataset:
-        """Validation batches in split order (empty when ``val_fraction`` is 0)."""
-        self.setup()
-        return self._dataset(self.val, False)
-
-    def test_dataset(self) -> tf.data.Dataset:
-        """Test batches in split order."""
-        self.setup()
-        return self._dataset(self.test, False)
-
     def candidates_dataset(self, batch_size: int = 1024) -> tf.data.Dataset:
         """All catalogue items with features (item_id, title, genres, year), batched."""
         from recsys.data.pipelines import candidates_dataset
@@ -214,7 +231,7 @@ class MovieLensDataModule:
         return candidates_dataset(self.items, batch_size)
 
 
-class ImdbDataModule:
+class ImdbDataModule(_SplitDatasets):
     """IMDB reviews as ``(raw_text, label)`` tf.data pipelines plus a text vectorizer.
 
     Args:
@@ -292,18 +309,3 @@ class ImdbDataModule:
         from recsys.data.pipelines import text_dataset
 
         return text_dataset(frame, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed)
-
-    def train_dataset(self, shuffle: bool = True) -> tf.data.Dataset:
-        """``(text, label)`` train batches, reshuffled every epoch."""
-        self.setup()
-        return self._dataset(self.train, shuffle)
-
-    def val_dataset(self) -> tf.data.Dataset:
-        """``(text, label)`` validation batches (empty when ``val_fraction`` is 0)."""
-        self.setup()
-        return self._dataset(self.val, False)
-
-    def test_dataset(self) -> tf.data.Dataset:
-        """``(text, label)`` test batches."""
-        self.setup()
-        return self._dataset(self.test, False)
