@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -317,21 +318,32 @@ def _need(tree: SourceTree, basename: str, under: str | None = None) -> str:
     return name
 
 
+def _read_member(
+    tree: SourceTree,
+    basename: str,
+    layout: Layout,
+    checks: Sequence[Check] = (),
+    under: str | None = None,
+) -> pd.DataFrame:
+    """Parse the member named ``basename`` (found anywhere, or under ``under``)."""
+    name = _need(tree, basename, under)
+    return read_table(tree.read_bytes(name), layout, tree.display(name), checks)
+
+
 def _read_official_100k(tree: SourceTree, variant: Variant) -> tuple[pd.DataFrame, ...]:
-    data = _need(tree, "u.data")
-    ratings = read_table(
-        tree.read_bytes(data),
+    ratings = _read_member(
+        tree,
+        "u.data",
         Layout(
             [("user_id", "str"), ("item_id", "str"), ("rating", "float"), ("timestamp", "int")],
             sep="\t",
         ),
-        tree.display(data),
         [_rating_check(variant)],
     )
-    item = _need(tree, "u.item")
     flags = [(f"g{i}", "int") for i in range(len(GENRES_100K))]
-    items = read_table(
-        tree.read_bytes(item),
+    items = _read_member(
+        tree,
+        "u.item",
         Layout(
             [
                 ("item_id", "str"),
@@ -344,7 +356,6 @@ def _read_official_100k(tree: SourceTree, variant: Variant) -> tuple[pd.DataFram
             sep="|",
             encoding="latin-1",
         ),
-        tree.display(item),
         [Check(f"g{i}", lambda v: (v == 0) | (v == 1), "genre flag not 0 or 1") for i in range(19)],
     )
     title, year = _split_title(items["title"])
@@ -352,9 +363,9 @@ def _read_official_100k(tree: SourceTree, variant: Variant) -> tuple[pd.DataFram
     year = year.fillna(release_year)
     flag_matrix = items[[f"g{i}" for i in range(19)]].to_numpy()
     genres = [[GENRES_100K[j] for j in np.flatnonzero(row)] for row in flag_matrix]
-    user = _need(tree, "u.user")
-    users = read_table(
-        tree.read_bytes(user),
+    users = _read_member(
+        tree,
+        "u.user",
         Layout(
             [
                 ("user_id", "str"),
@@ -366,7 +377,6 @@ def _read_official_100k(tree: SourceTree, variant: Variant) -> tuple[pd.DataFram
             sep="|",
             encoding="latin-1",
         ),
-        tree.display(user),
     )
     return (
         _ratings_frame(ratings),
@@ -376,29 +386,27 @@ def _read_official_100k(tree: SourceTree, variant: Variant) -> tuple[pd.DataFram
 
 
 def _read_official_1m(tree: SourceTree, variant: Variant) -> tuple[pd.DataFrame, ...]:
-    data = _need(tree, "ratings.dat")
-    ratings = read_table(
-        tree.read_bytes(data),
+    ratings = _read_member(
+        tree,
+        "ratings.dat",
         Layout(
             [("user_id", "str"), ("item_id", "str"), ("rating", "float"), ("timestamp", "int")],
             sep="::",
             encoding="latin-1",
         ),
-        tree.display(data),
         [_rating_check(variant)],
     )
-    movie = _need(tree, "movies.dat")
-    movies = read_table(
-        tree.read_bytes(movie),
+    movies = _read_member(
+        tree,
+        "movies.dat",
         Layout(
             [("item_id", "str"), ("title", "str"), ("genres", "str")], sep="::", encoding="latin-1"
         ),
-        tree.display(movie),
     )
     title, year = _split_title(movies["title"])
-    user = _need(tree, "users.dat")
-    users = read_table(
-        tree.read_bytes(user),
+    users = _read_member(
+        tree,
+        "users.dat",
         Layout(
             [
                 ("user_id", "str"),
@@ -410,7 +418,6 @@ def _read_official_1m(tree: SourceTree, variant: Variant) -> tuple[pd.DataFrame,
             sep="::",
             encoding="latin-1",
         ),
-        tree.display(user),
         [
             Check(
                 "occupation",
@@ -428,28 +435,26 @@ def _read_official_1m(tree: SourceTree, variant: Variant) -> tuple[pd.DataFrame,
 
 
 def _read_official_csv(tree: SourceTree, variant: Variant) -> tuple[pd.DataFrame, ...]:
-    data = _need(tree, "ratings.csv")
-    ratings = read_table(
-        tree.read_bytes(data),
+    ratings = _read_member(
+        tree,
+        "ratings.csv",
         Layout(
             [("user_id", "str"), ("item_id", "str"), ("rating", "float"), ("timestamp", "int")],
             sep=",",
             header_lines=1,
             quoted=True,
         ),
-        tree.display(data),
         [_rating_check(variant)],
     )
-    movie = _need(tree, "movies.csv")
-    movies = read_table(
-        tree.read_bytes(movie),
+    movies = _read_member(
+        tree,
+        "movies.csv",
         Layout(
             [("item_id", "str"), ("title", "str"), ("genres", "str")],
             sep=",",
             header_lines=1,
             quoted=True,
         ),
-        tree.display(movie),
     )
     title, year = _split_title(movies["title"])
     return (
@@ -465,16 +470,16 @@ _UNKNOWN = {"", "unknown", "unkonwn"}  # recbole's ML-100K copy spells item 267 
 def _read_mirror(tree: SourceTree, variant: Variant, prefix: str) -> tuple[pd.DataFrame, ...]:
     """RecBole atomic files: tab-separated, typed header line, utf-8 (CRLF in ML-1M)."""
     stem = variant.folder
-    inter = _need(tree, f"{stem}.inter", prefix or None)
-    ratings = read_table(
-        tree.read_bytes(inter),
+    ratings = _read_member(
+        tree,
+        f"{stem}.inter",
         Layout(
             [("user_id", "str"), ("item_id", "str"), ("rating", "float"), ("timestamp", "int")],
             sep="\t",
             header_lines=1,
         ),
-        tree.display(inter),
         [_rating_check(variant)],
+        under=prefix or None,
     )
     item = _need(tree, f"{stem}.item", prefix or None)
     item_bytes = tree.read_bytes(item)
@@ -489,9 +494,9 @@ def _read_mirror(tree: SourceTree, variant: Variant, prefix: str) -> tuple[pd.Da
     items = read_table(
         item_bytes, Layout(item_layout, sep="\t", header_lines=1), tree.display(item)
     )
-    user = _need(tree, f"{stem}.user", prefix or None)
-    users = read_table(
-        tree.read_bytes(user),
+    users = _read_member(
+        tree,
+        f"{stem}.user",
         Layout(
             [
                 ("user_id", "str"),
@@ -503,7 +508,7 @@ def _read_mirror(tree: SourceTree, variant: Variant, prefix: str) -> tuple[pd.Da
             sep="\t",
             header_lines=1,
         ),
-        tree.display(user),
+        under=prefix or None,
     )
     titles = items["title"].astype(str).str.strip()
     titles = titles.where(~titles.isin(_UNKNOWN), "unknown")
