@@ -40,8 +40,8 @@ from recsys.data.sources import (
     attribute,
     download,
     iter_tar_files,
+    local_source,
     logger,
-    path_fingerprint,
     resolve_data_dir,
 )
 
@@ -230,10 +230,7 @@ def load_imdb(
     root = resolve_data_dir(data_dir)
     base = root / "imdb"
     if path is not None:
-        path = Path(os.path.expanduser(str(path)))
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or folder (the IMDB `path`)")
-        cache = ParquetCache(base / f"aclImdb-local-{path_fingerprint(path)}")
+        path, cache = local_source(path, base, "aclImdb", "IMDB")
         if cache.exists():
             return _from_cache(cache)
         train, test = read_imdb_tree(path)

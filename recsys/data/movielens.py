@@ -50,8 +50,8 @@ from recsys.data.sources import (
     attribute,
     download,
     fetch_wheel,
+    local_source,
     logger,
-    path_fingerprint,
     resolve_data_dir,
 )
 from recsys.data.tables import Check, Layout, read_table
@@ -677,10 +677,7 @@ def load_movielens(
     root = resolve_data_dir(data_dir)
     base = root / "movielens"
     if path is not None:
-        path = Path(os.path.expanduser(str(path)))
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or folder (the MovieLens `path`)")
-        cache = ParquetCache(base / f"{spec.folder}-local-{path_fingerprint(path)}")
+        path, cache = local_source(path, base, spec.folder, "MovieLens")
         if cache.exists():
             return _from_cache(cache, spec)
         with SourceTree(path) as tree:

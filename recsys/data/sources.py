@@ -722,6 +722,26 @@ class SourceTree:
         return path_fingerprint(self.path)
 
 
+def local_source(
+    path: str | os.PathLike[str], cache_root: Path, stem: str, what: str
+) -> tuple[Path, ParquetCache]:
+    """A user's local copy of a dataset and the Parquet cache keyed by its identity.
+
+    Args:
+        path: The user's folder or archive (``~`` expanded).
+        cache_root: The dataset's folder in the cache.
+        stem: Name of the cache folder (``<stem>-local-<fingerprint>``).
+        what: The dataset's name, for the error message.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    path = Path(os.path.expanduser(str(path)))
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder (the {what} `path`)")
+    return path, ParquetCache(cache_root / f"{stem}-local-{path_fingerprint(path)}")
+
+
 def path_fingerprint(path: str | os.PathLike[str]) -> str:
     """Short digest of a local source's identity: resolved path, sizes, modification times.
 
