@@ -44,6 +44,11 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def _strings_or_none(values: Any) -> list[str] | None:
+    """A vocabulary as a list of strings (what configs store), or None."""
+    return None if values is None else [str(v) for v in values]
+
+
 def _plain(value: Any) -> Any:
     """Config values without Keras's tracking wrappers (ListWrapper, DictWrapper)."""
     if isinstance(value, Mapping):
@@ -126,7 +131,7 @@ class FeatureEmbedding(keras.layers.Layer):
                 f"`embeddings_l2` must be >= 0. Received: embeddings_l2={embeddings_l2!r}"
             )
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
-        self.vocabulary = None if vocabulary is None else [str(v) for v in vocabulary]
+        self.vocabulary = _strings_or_none(vocabulary)
         self.num_bins = None if num_bins is None else _positive_int("num_bins", num_bins)
         self.num_rows_given = None if num_rows is None else _positive_int("num_rows", num_rows)
         self.boundaries = None if boundaries is None else [float(b) for b in boundaries]
@@ -533,12 +538,8 @@ class UserTower(_PresetTower):
                 "history feature (item_vocabulary). Received none of them."
             )
         self._tower_args = {
-            "user_vocabulary": None
-            if user_vocabulary is None
-            else [str(v) for v in user_vocabulary],
-            "item_vocabulary": None
-            if item_vocabulary is None
-            else [str(v) for v in item_vocabulary],
+            "user_vocabulary": _strings_or_none(user_vocabulary),
+            "item_vocabulary": _strings_or_none(item_vocabulary),
             "embedding_dim": embedding_dim,
             "user_num_bins": user_num_bins,
             "history_num_rows": history_num_rows,
@@ -633,9 +634,7 @@ class ItemTower(_PresetTower):
         if title_num_bins is not None:
             features["title"] = {"kind": "text", "num_bins": title_num_bins, **common}
         self._tower_args = {
-            "item_vocabulary": None
-            if item_vocabulary is None
-            else [str(v) for v in item_vocabulary],
+            "item_vocabulary": _strings_or_none(item_vocabulary),
             "genre_vocabulary": None if genre_vocabulary is None else list(genre_vocabulary),
             "year_boundaries": None
             if year_boundaries is None
