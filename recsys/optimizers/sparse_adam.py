@@ -11,10 +11,6 @@ from recsys._tf import keras, tf
 _BaseAdam = keras.optimizers.Adam
 
 
-def _segment_sum(values: Any, segment_ids: Any, num_segments: Any) -> Any:
-    return tf.math.unsorted_segment_sum(values, segment_ids, num_segments)
-
-
 # Summing duplicate rows is a large share of a sparse step on CPU; XLA's fused kernel
 # takes about half the time of TensorFlow's. Its input shapes are those of the raw
 # gradient (ids per batch), which stay fixed from step to step, so it compiles once
@@ -202,7 +198,7 @@ class SparseAdam(_BaseAdam):
             if _USE_XLA_SEGMENT_SUM:
                 summed = _segment_sum_xla(grad.values, positions)[:n_unique]
             else:
-                summed = _segment_sum(grad.values, positions, n_unique)
+                summed = tf.math.unsorted_segment_sum(grad.values, positions, n_unique)
             deduplicated.append(tf.IndexedSlices(summed, unique_indices, grad.dense_shape))
         return deduplicated
 
