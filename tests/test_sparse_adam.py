@@ -10,6 +10,7 @@ import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from recsys._tf import keras, tf
 from recsys.layers import Embedding
 from recsys.optimizers import SparseAdam
+from recsys.optimizers.sparse_adam import bucket_size
 
 ROWS, DIM = 12, 3
 
@@ -60,6 +61,9 @@ def random_sparse_steps(seed=0, n_steps=5):
     return steps
 
 
+FUSED = pytest.mark.parametrize("jit_compile", [True, False], ids=["fused-xla", "tf-ops"])
+
+
 def apply_sparse_steps(optimizer, table, steps, use_function=False):
     var = tf.Variable(table)
     apply = optimizer.apply_gradients
@@ -81,15 +85,17 @@ def table():
     return np.random.default_rng(1).normal(size=(ROWS, DIM)).astype(np.float32)
 
 
+@FUSED
 @pytest.mark.parametrize("use_function", [False, True], ids=["eager", "tf.function"])
 @pytest.mark.parametrize(
     "options",
     [{}, {"amsgrad": True}, {"weight_decay": 0.1}, {"beta_1": 0.5, "beta_2": 0.9, "epsilon": 1e-3}],
     ids=["plain", "amsgrad", "weight_decay", "betas"],
 )
-def test_matches_numpy_lazy_adam_with_duplicates(table, options, use_function):
+def test_matches_numpy_lazy_adam_with_duplicates(table, options, use_function, jit_compile):
     steps = random_sparse_steps()
-    optimizer = SparseAdam(learning_rate=0.01, **options)
+    optimizer = SparseAdam(learning_rate=0.01, jit_compile=jit_compile, **options)
+    assert optimizer.fuses_sparse_updates == jit_compile
     var = apply_sparse_steps(optimizer, table, steps, use_function)
     want_var, want_m, want_v = lazy_adam_reference(table, steps, lr=0.01, **options)
     got_m, got_v = slots(optimizer, var)
@@ -128,9 +134,11 @@ def test_dense_gradient_is_exactly_tf_keras_adam(table, options):
         np.testing.assert_array_equal(got, want)
 
 
-def test_rows_in_every_step_equal_dense_adam_bit_for_bit(table):
+@FUSED
+def test_rows_in_every_step_equal_dense_adam(table, jit_compile):
     rng = np.random.default_rng(7)
-    sparse_opt, dense_opt = SparseAdam(0.01), keras.optimizers.Adam(0.01)
+    sparse_opt = SparseAdam(0.01, jit_compile=jit_compile)
+    dense_opt = keras.optimizers.Adam(0.01)
     sparse_var, dense_var = tf.Variable(table), tf.Variable(table)
     rows = np.array([0, 3, 4], dtype=np.int32)
     for _ in range(4):
@@ -139,7 +147,14 @@ def test_rows_in_every_step_equal_dense_adam_bit_for_bit(table):
         dense[rows] = values
         sparse_opt.apply_gradients([(tf.IndexedSlices(values, rows, [ROWS, DIM]), sparse_var)])
         dense_opt.apply_gradients([(tf.constant(dense), dense_var)])
-    np.testing.assert_array_equal(sparse_var.numpy()[rows], dense_var.numpy()[rows])
+    pairs = [(sparse_var.numpy(), dense_var.numpy())]
+    pairs += zip(slots(sparse_opt, sparse_var), slots(dense_opt, dense_var), strict=True)
+    for got, want in pairs:
+        if jit_compile:
+            # XLA may fuse a multiply and an add (one rounding instead of two).
+            np.testing.assert_allclose(got[rows], want[rows], rtol=1e-6, atol=1e-9)
+        else:
+            np.testing.assert_array_equal(got[rows], want[rows])
 
 
 @pytest.mark.parametrize(
@@ -273,6 +288,12 @@ def test_get_config_round_trips_every_argument():
     revived = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
     assert type(revived) is SparseAdam
     assert keras.saving.get_registered_name(SparseAdam) == "recsys>SparseAdam"
+    # tf-keras records jit_compile=False on machines without a GPU; the fused sparse
+    # kernel runs on CPU, so a round trip must keep the request.
+    default = SparseAdam()
+    assert default.get_config()["jit_compile"] is True
+    clone = SparseAdam.from_config(default.get_config())
+    assert clone.fuses_sparse_updates == default.fuses_sparse_updates
 
 
 @pytest.mark.parametrize(
@@ -295,9 +316,11 @@ def _xla_trace_count(optimizer):
     return super(SparseAdam, optimizer)._update_step_xla.experimental_get_tracing_count()
 
 
-def test_jit_compile_runs_dense_under_xla_and_sparse_without(table):
+def test_jit_compile_keeps_sparse_out_of_adams_xla_update(table):
     # tf-keras enables XLA for the update only when a GPU is present; force it here so
-    # the dispatch (sparse gradients bypass XLA, whose shapes must be static) is tested.
+    # the dispatch is tested: sparse gradients take the fused kernel (padded to a few
+    # lengths), never tf-keras's per-variable XLA update, which would compile anew for
+    # every unique-row count; dense ones do take it.
     steps = random_sparse_steps(seed=13, n_steps=3)
     rng = np.random.default_rng(13)
     dense_grads = [rng.normal(size=(ROWS, DIM)).astype(np.float32) for _ in range(2)]
@@ -311,8 +334,6 @@ def test_jit_compile_runs_dense_under_xla_and_sparse_without(table):
             dense_opt.apply_gradients([(tf.constant(g), dense_var)])
         results.append((sparse_var.numpy(), dense_var.numpy()))
         if jit:
-            # Sparse steps (a new unique-row count each step) never reach XLA, which
-            # would recompile for every new shape; the dense variable's steps do.
             assert _xla_trace_count(sparse_opt) == 0
             assert _xla_trace_count(dense_opt) >= 1
     np.testing.assert_array_equal(results[1][0], results[0][0])
@@ -320,20 +341,156 @@ def test_jit_compile_runs_dense_under_xla_and_sparse_without(table):
     np.testing.assert_array_equal(results[1][0][10:], table[10:])
 
 
-@pytest.mark.parametrize("use_xla", [True, False], ids=["xla-sum", "tf-sum"])
-def test_duplicates_are_summed_with_and_without_xla(table, monkeypatch, use_xla):
+def test_bucket_size_pads_by_less_than_an_eighth_to_eight_lengths_per_octave():
+    n = np.arange(0, 70_000)
+    sizes = bucket_size(tf.constant(n)).numpy()
+    assert (sizes >= n).all()
+    np.testing.assert_array_equal(sizes[:17], n[:17])
+    assert ((sizes - n)[17:] * 8 < n[17:]).all()
+    for k in range(5, 17):
+        in_octave = sizes[(n > 2 ** (k - 1)) & (n <= 2**k)]
+        assert len(set(in_octave.tolist())) == 8, k
+    assert bucket_size(tf.constant(4096, tf.int64)).numpy() == 4096
+    assert bucket_size(tf.constant(4097)).numpy() == 4096 + 512
+
+
+def test_varying_batch_lengths_compile_a_few_kernels_not_one_per_length(monkeypatch):
+    # Ragged or multi-hot features give every batch its own number of ids. Each new
+    # input shape of the fused kernel is a new XLA compilation (about 50 ms), so the
+    # kernel must see only the few padded lengths of `bucket_size`.
     import recsys.optimizers.sparse_adam as sparse_adam_module
 
-    monkeypatch.setattr(sparse_adam_module, "_USE_XLA_SEGMENT_SUM", use_xla)
+    kernel = sparse_adam_module._lazy_adam_rows
+    lengths = []
+
+    def spy(ids, *args):
+        lengths.append(int(ids.shape[0]))
+        return kernel(ids, *args)
+
+    monkeypatch.setattr(sparse_adam_module, "_lazy_adam_rows", spy)
+    rng = np.random.default_rng(23)
+    var = tf.Variable(rng.normal(size=(5000, DIM)).astype(np.float32))
+    before = var.numpy()
+    optimizer = SparseAdam(0.01)
+    touched = set()
+    for n in range(1000, 1100, 3):  # 34 lengths, padded to 2: 1024 and 1152
+        indices = rng.integers(0, 4000, size=n).astype(np.int32)
+        touched.update(indices.tolist())
+        values = rng.normal(size=(n, DIM)).astype(np.float32)
+        optimizer.apply_gradients([(tf.IndexedSlices(values, indices, [5000, DIM]), var)])
+    assert len(lengths) == 34
+    assert sorted(set(lengths)) == [1024, 1152]
+    # Padding repeats real ids; rows never in a batch stay bit-identical.
+    untouched = np.setdiff1d(np.arange(5000), sorted(touched))
+    np.testing.assert_array_equal(var.numpy()[untouched], before[untouched])
+    assert not slots(optimizer, var)[0][untouched].any()
+
+
+@FUSED
+def test_padded_lengths_match_numpy_lazy_adam(table, jit_compile):
+    # 17, 19, 23, 29 and 33 ids are padded to 18, 20, 24, 30 and 36 for the kernel.
+    rng = np.random.default_rng(29)
+    steps = []
+    for n in (17, 19, 23, 29, 33):
+        indices = rng.integers(0, 10, size=n).astype(np.int32)
+        steps.append((indices, rng.normal(size=(n, DIM)).astype(np.float32)))
+    optimizer = SparseAdam(0.01, amsgrad=True, jit_compile=jit_compile)
+    var = apply_sparse_steps(optimizer, table, steps, use_function=True)
+    want_var, want_m, want_v = lazy_adam_reference(table, steps, amsgrad=True)
+    np.testing.assert_allclose(var.numpy(), want_var, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(slots(optimizer, var)[0], want_m, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(slots(optimizer, var)[1], want_v, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(var.numpy()[10:], table[10:])
+
+
+@FUSED
+def test_empty_sparse_gradient_changes_nothing_but_the_step(table, jit_compile):
+    optimizer = SparseAdam(0.01, jit_compile=jit_compile)
+    var = tf.Variable(table)
+    empty = tf.IndexedSlices(tf.zeros([0, DIM]), tf.zeros([0], tf.int32), tf.constant([ROWS, DIM]))
+    tf.function(optimizer.apply_gradients)([(empty, var)])
+    np.testing.assert_array_equal(var.numpy(), table)
+    assert int(optimizer.iterations) == 1
+    assert not any(s.any() for s in slots(optimizer, var))
+
+
+@FUSED
+def test_duplicates_are_summed(table, jit_compile):
     indices = np.array([3, 1, 3, 3, 7, 1], dtype=np.int32)
     values = np.random.default_rng(17).normal(size=(6, DIM)).astype(np.float32)
-    (deduplicated,) = SparseAdam()._deduplicate_sparse_grad(
-        [tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant([ROWS, DIM]))]
-    )
-    assert deduplicated.indices.numpy().tolist() == [3, 1, 7]
-    want = np.stack([values[[0, 2, 3]].sum(0), values[[1, 5]].sum(0), values[4]])
-    np.testing.assert_allclose(deduplicated.values.numpy(), want, rtol=1e-6)
-    steps = random_sparse_steps(seed=19, n_steps=3)
-    var = apply_sparse_steps(SparseAdam(0.01), table, steps)
-    want_var, _, _ = lazy_adam_reference(table, steps, lr=0.01)
+    grad = tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant([ROWS, DIM]))
+    (deduplicated,) = SparseAdam(jit_compile=jit_compile)._deduplicate_sparse_grad([grad])
+    if jit_compile:
+        # The fused kernel sums duplicates itself; the gradient reaches it as it is.
+        assert deduplicated is grad
+    else:
+        assert deduplicated.indices.numpy().tolist() == [3, 1, 7]
+        want = np.stack([values[[0, 2, 3]].sum(0), values[[1, 5]].sum(0), values[4]])
+        np.testing.assert_allclose(deduplicated.values.numpy(), want, rtol=1e-6)
+    # One step with all the duplicates against the reference.
+    var = apply_sparse_steps(SparseAdam(0.01, jit_compile=jit_compile), table, [(indices, values)])
+    want_var, _, _ = lazy_adam_reference(table, [(indices, values)], lr=0.01)
     np.testing.assert_allclose(var.numpy(), want_var, rtol=1e-5, atol=1e-6)
+
+
+_MIRRORED_SCRIPT = r"""
+import json
+import numpy as np
+import recsys
+from recsys._tf import keras, tf
+from recsys.layers import Embedding
+from recsys.optimizers import SparseAdam
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+rng = np.random.default_rng(0)
+x = rng.integers(0, 30, size=(64, 2)).astype(np.int32)
+y = rng.normal(size=(64, 1)).astype(np.float32)
+
+
+def fit(strategy):
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        ids = keras.Input(shape=(2,), dtype="int32")
+        h = keras.layers.Flatten()(Embedding(50, 4, name="table")(ids))
+        model = keras.Model(ids, keras.layers.Dense(1)(h))
+        optimizer = SparseAdam(0.01)
+        model.compile(optimizer=optimizer, loss="mse")
+    table = model.get_layer("table").embeddings
+    before = table.numpy()
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
+    replicas = [v.numpy() for v in getattr(table, "values", [table])]
+    return before, table.numpy(), replicas, optimizer.fuses_sparse_updates
+
+
+before, mirrored, replicas, fused = fit(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+_, single, _, _ = fit(tf.distribute.OneDeviceStrategy("/cpu:0"))
+untouched = np.setdiff1d(np.arange(50), np.unique(x))
+print(json.dumps({
+    "fused": fused,
+    "replicas": len(replicas),
+    "replicas_equal": all(np.array_equal(r, replicas[0]) for r in replicas),
+    "untouched_equal": bool(np.array_equal(mirrored[untouched], before[untouched])),
+    "max_diff_to_single_device": float(np.abs(mirrored - single).max()),
+    "moved": float(np.abs(mirrored - before).max()),
+}))
+"""
+
+
+def test_mirrored_strategy_two_replicas_match_one_device():
+    # Logical devices must be set before TensorFlow starts, hence a fresh process.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_SCRIPT], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["fused"] and result["replicas"] == 2 and result["replicas_equal"]
+    assert result["untouched_equal"]
+    assert result["moved"] > 1e-3
+    assert result["max_diff_to_single_device"] < 1e-5

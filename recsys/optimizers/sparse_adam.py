@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 from typing import Any
 
 from recsys._tf import keras, tf
 
 _BaseAdam = keras.optimizers.Adam
-
-
-# Summing duplicate rows is a large share of a sparse step on CPU; XLA's fused kernel
-# takes about half the time of TensorFlow's. Its input shapes are those of the raw
-# gradient (ids per batch), which stay fixed from step to step, so it compiles once
-# per batch shape. The output is padded to one row per id and cut afterwards.
-@tf.function(jit_compile=True)
-def _segment_sum_xla(values: Any, segment_ids: Any) -> Any:
-    return tf.math.unsorted_segment_sum(values, segment_ids, tf.shape(segment_ids)[0])
 
 
 def _can_jit_compile() -> bool:
@@ -29,7 +21,83 @@ def _can_jit_compile() -> bool:
         return False
 
 
-_USE_XLA_SEGMENT_SUM = _can_jit_compile()
+_XLA_AVAILABLE = _can_jit_compile()
+# Lengths the fused kernel is compiled for: all up to 16, then 8 in each range
+# (2**(k-1), 2**k]. A batch whose number of ids is not one of them is padded up to the
+# next (by less than 1/8), so batches of varying length (ragged or multi-hot features)
+# compile a handful of kernels, not one per length.
+_SIZES_PER_OCTAVE_LOG2 = 3
+
+
+def bucket_size(n: Any) -> Any:
+    """The padded length the fused sparse kernel uses for `n` ids.
+
+    The smallest multiple of `2**(ceil(log2(n)) - 4)` that is at least `n`: lengths up
+    to 16 stay as they are, longer ones grow by less than an eighth, and each range
+    `(2**(k-1), 2**k]` holds 8 lengths. Powers of two are kept.
+
+    Args:
+        n: An int32 or int64 tensor (any shape) of id counts.
+
+    Returns:
+        A tensor like `n` with the padded lengths.
+    """
+    n = tf.convert_to_tensor(n)
+    octave = tf.math.ceil(tf.math.log(tf.cast(tf.maximum(n, 1), tf.float64)) / math.log(2.0))
+    exponent = tf.maximum(octave - 1 - _SIZES_PER_OCTAVE_LOG2, 0.0)
+    step = tf.cast(tf.pow(tf.constant(2.0, tf.float64), exponent), n.dtype)
+    return (n + step - 1) // step * step
+
+
+def _read_rows(handle: Any, ids: Any, dtype: Any) -> Any:
+    return tf.raw_ops.ResourceGather(resource=handle, indices=ids, dtype=dtype)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _lazy_adam_rows(
+    ids: Any,
+    positions: Any,
+    values: Any,
+    var: Any,
+    m: Any,
+    v: Any,
+    vhat: Any,
+    alpha: Any,
+    epsilon: Any,
+    one_minus_beta_1: Any,
+    one_minus_beta_2: Any,
+    decay: Any,
+) -> tuple:
+    """New rows of the variable and its slots for each id, in one XLA kernel.
+
+    `ids` may repeat; `positions[i]` numbers the distinct id of `ids[i]` (as
+    `tf.unique` does), so gradient values of repeated ids are summed and every copy
+    of an id gets the same new rows: scattering them back writes each row once in
+    effect. `var`, `m`, `v` and `vhat` (None unless AMSGrad) are resource handles,
+    only read here; the caller scatters the returned rows. `alpha` (the bias-corrected
+    step size), `epsilon` and `1 - beta` come in computed: `1 - beta_2**t` and
+    `1 - beta_2` cancel badly in float32, so they are computed as tf-keras's Adam
+    computes them (TensorFlow's `pow`; Python floats).
+    """
+    dtype = values.dtype
+    summed = tf.math.unsorted_segment_sum(values, positions, tf.shape(positions)[0])
+    grad = tf.gather(summed, positions)
+    m_rows = _read_rows(m, ids, dtype)
+    m_rows = m_rows + (grad - m_rows) * one_minus_beta_1
+    v_rows = _read_rows(v, ids, dtype)
+    v_rows = v_rows + (tf.square(grad) - v_rows) * one_minus_beta_2
+    vhat_rows = None
+    second = v_rows
+    if vhat is not None:
+        vhat_rows = tf.maximum(_read_rows(vhat, ids, dtype), v_rows)
+        second = vhat_rows
+    var_rows = _read_rows(var, ids, dtype)
+    delta = (m_rows * alpha) / (tf.sqrt(second) + epsilon)
+    if decay is not None:
+        delta = delta + var_rows * decay
+    return var_rows - delta, m_rows, v_rows, vhat_rows
+
+
 _BASE_HAS_ADAPTIVE_EPSILON = "adaptive_epsilon" in inspect.signature(_BaseAdam.__init__).parameters
 
 
@@ -62,7 +130,13 @@ class SparseAdam(_BaseAdam):
     `gradient.indices`: those rows of the variable and of both moment slots
     (`m`, `v`, and `vhat` with `amsgrad=True`) are updated; every other row stays
     bit-identical. A step therefore costs what the batch touches, not what the table
-    holds. Duplicate indices are summed first (by the base optimizer).
+    holds. Duplicate indices are summed first.
+
+    Where XLA is available (and `jit_compile=True`, the default), a sparse update is
+    one fused XLA kernel, on CPU too: it gathers the rows, sums duplicates and does
+    Adam's arithmetic; TensorFlow scatters the rows back. The kernel is compiled for
+    a few padded lengths only (`bucket_size`), so batches with varying numbers of ids
+    do not recompile it each step.
 
     How this differs from dense Adam: dense Adam decays the moments of *every* row at
     every step, so a row not in the batch still moves (by its decayed momentum).
@@ -70,7 +144,8 @@ class SparseAdam(_BaseAdam):
     a batch again; its moments then decay by one step only, not by the steps missed.
     Bias correction uses the optimizer's global step (`iterations`), exactly as Adam
     does. This is the behaviour of TensorFlow Addons' `LazyAdam` and of PyTorch's
-    `SparseAdam`; for rows present in every step it equals dense Adam.
+    `SparseAdam`; for rows present in every step it equals dense Adam (bit for bit
+    with `jit_compile=False`; within float rounding with the fused kernel).
 
     `weight_decay` (decoupled, as in `tf_keras.optimizers.Adam`) decays only the rows
     present in a sparse gradient; for dense gradients it decays the whole variable,
@@ -104,8 +179,15 @@ class SparseAdam(_BaseAdam):
         use_ema: Must be False (see above).
         ema_momentum: Accepted for config compatibility; unused.
         ema_overwrite_frequency: Accepted for config compatibility; unused.
-        jit_compile: As for Adam; sparse updates never run under XLA (their shapes
-            change from step to step).
+        jit_compile: Compile updates with XLA where it is available. Dense gradients
+            follow Adam (tf-keras uses XLA for them only when a GPU is present).
+            Sparse gradients run as one fused XLA kernel on CPU too (gathers,
+            duplicate sum and Adam arithmetic; the rows are scattered back by
+            TensorFlow), compiled for a few padded lengths only (see
+            `bucket_size`). With `jit_compile=False` sparse updates use plain
+            TensorFlow ops, whose rounding matches dense Adam bit for bit; XLA may
+            fuse multiply-adds, so the fused kernel can differ from it in the last
+            bit of a float.
         name: Name of the optimizer.
         **kwargs: Other base optimizer arguments (`is_legacy_optimizer`, `mesh`).
 
@@ -179,6 +261,14 @@ class SparseAdam(_BaseAdam):
             **kwargs,
         )
         self.adaptive_epsilon = bool(adaptive_epsilon)
+        # The base class turns `jit_compile` off on machines without a GPU; the fused
+        # sparse kernel runs on CPU too, so the request is kept separately.
+        self._jit_compile_requested = bool(jit_compile)
+
+    @property
+    def fuses_sparse_updates(self) -> bool:
+        """Whether sparse updates run as the fused XLA kernel (see `jit_compile`)."""
+        return self._jit_compile_requested and _XLA_AVAILABLE
 
     def _apply_weight_decay(self, variables: Any) -> None:
         # The base class decays every row of every variable before the update; the
@@ -187,18 +277,18 @@ class SparseAdam(_BaseAdam):
         return
 
     def _deduplicate_sparse_grad(self, grads: Any) -> list:
-        """Sums the values of duplicate indices, as the base class does, but faster."""
+        """Sums the values of duplicate indices (the fused kernel does it itself)."""
+        if self.fuses_sparse_updates:
+            return list(grads)
         deduplicated = []
         for grad in grads:
             if not isinstance(grad, tf.IndexedSlices):
                 deduplicated.append(grad)
                 continue
             unique_indices, positions = tf.unique(grad.indices)
-            n_unique = tf.shape(unique_indices)[0]
-            if _USE_XLA_SEGMENT_SUM:
-                summed = _segment_sum_xla(grad.values, positions)[:n_unique]
-            else:
-                summed = tf.math.unsorted_segment_sum(grad.values, positions, n_unique)
+            summed = tf.math.unsorted_segment_sum(
+                grad.values, positions, tf.shape(unique_indices)[0]
+            )
             deduplicated.append(tf.IndexedSlices(summed, unique_indices, grad.dense_shape))
         return deduplicated
 
@@ -218,17 +308,54 @@ class SparseAdam(_BaseAdam):
         """Updates `variable` (and its slots) from `gradient`."""
         decay = self._weight_decay_rate(variable)
         if isinstance(gradient, tf.IndexedSlices):
-            self._sparse_update_step(gradient, variable, decay)
+            if self.fuses_sparse_updates:
+                self._fused_sparse_update_step(gradient, variable, decay)
+            else:
+                self._sparse_update_step(gradient, variable, decay)
             return
         if decay is not None:
             # What the base class's `_apply_weight_decay` does, for this variable.
             variable.assign_sub(variable * decay)
         super().update_step(gradient, variable)
 
-    def _sparse_update_step(self, gradient: Any, variable: Any, decay: Any | None) -> None:
-        # The expressions mirror tf-keras Adam's dense branch, so a row present in every
-        # step gets bit-identical values to dense Adam.
+    def _fused_sparse_update_step(self, gradient: Any, variable: Any, decay: Any | None) -> None:
+        slot = self._index_dict[self._var_key(variable)]
+        m = self._momentums[slot]
+        v = self._velocities[slot]
+        vhat = self._velocity_hats[slot] if self.amsgrad else None
+        ids = gradient.indices
+        values = gradient.values
+        _, positions = tf.unique(ids)
+        n = tf.shape(ids, out_type=ids.dtype)[0]
+        # Pad to the kernel's size with copies of the first id (value 0, position 0):
+        # they get that id's new rows, so writing them back changes nothing more.
+        padding = bucket_size(n) - n
+        first = tf.zeros([padding], positions.dtype)
+        ids = tf.concat([ids, tf.gather(ids, first)], 0)
+        positions = tf.concat([positions, first], 0)
+        values = tf.pad(values, [[0, padding], [0, 0]])
         dtype = variable.dtype
+        alpha, epsilon = self._bias_corrected_step(dtype)
+        new_rows = _lazy_adam_rows(
+            ids,
+            positions,
+            values,
+            variable.handle,
+            m.handle,
+            v.handle,
+            None if vhat is None else vhat.handle,
+            alpha,
+            tf.cast(epsilon, dtype),
+            tf.constant(1 - self.beta_1, dtype),
+            tf.constant(1 - self.beta_2, dtype),
+            decay,
+        )
+        for target, rows in zip((variable, m, v, vhat), new_rows, strict=True):
+            if target is not None:
+                target.scatter_update(tf.IndexedSlices(rows, ids))
+
+    def _bias_corrected_step(self, dtype: Any) -> tuple:
+        """Adam's `alpha` and `epsilon_hat` for this step (expressions as in tf-keras)."""
         lr = tf.cast(self.learning_rate, dtype)
         local_step = tf.cast(self.iterations + 1, dtype)
         beta_1_power = tf.pow(tf.cast(self.beta_1, dtype), local_step)
@@ -237,7 +364,12 @@ class SparseAdam(_BaseAdam):
         epsilon_hat = (
             self.epsilon * tf.sqrt(1 - beta_2_power) if self.adaptive_epsilon else self.epsilon
         )
+        return alpha, epsilon_hat
 
+    def _sparse_update_step(self, gradient: Any, variable: Any, decay: Any | None) -> None:
+        # The expressions mirror tf-keras Adam's dense branch, so a row present in every
+        # step gets bit-identical values to dense Adam.
+        alpha, epsilon_hat = self._bias_corrected_step(variable.dtype)
         slot = self._index_dict[self._var_key(variable)]
         m = self._momentums[slot]
         v = self._velocities[slot]
@@ -268,4 +400,6 @@ class SparseAdam(_BaseAdam):
         config = super().get_config()
         # tf-keras's Adam leaves `adaptive_epsilon` out of its config.
         config["adaptive_epsilon"] = self.adaptive_epsilon
+        # The base class records False on machines without a GPU; keep the request.
+        config["jit_compile"] = self._jit_compile_requested
         return config
