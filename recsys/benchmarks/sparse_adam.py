@@ -157,11 +157,11 @@ def run_worker(rows: int, dim: int, kind: str, rounds: int) -> dict:
     modes = {"step": train_step, "update": update}
     if kind == "sparse_adam":
         modes["floor"] = floor
-        steps_per_block = 20
+        steps_per_block = 40
     else:
         # Dense Adam touches the whole table each step: seconds per step at 10M rows.
         steps_per_block = 1 if rows >= 1_000_000 else 10
-        rounds = min(rounds, 2) if rows >= 10_000_000 else min(rounds, 3)
+        rounds = min(rounds, 2) if rows >= 10_000_000 else min(rounds, 5)
     tracked = _reset_peak_rss()
     results = []
     for distribution in DISTRIBUTIONS:
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "--output", default="benchmarks_out/sparse_adam.json", help="where to write the JSON"
     )
     parser.add_argument(
-        "--rounds", type=int, default=7, help="interleaved timing rounds per mode (best is kept)"
+        "--rounds", type=int, default=15, help="interleaved timing rounds per mode (best is kept)"
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
