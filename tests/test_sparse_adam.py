@@ -10,7 +10,7 @@ import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from recsys._tf import keras, tf
 from recsys.layers import Embedding
 from recsys.optimizers import SparseAdam
-from recsys.optimizers.sparse_adam import bucket_size
+from recsys.optimizers.sparse_adam import bucket_size, static_bucket_size
 
 ROWS, DIM = 12, 3
 
@@ -350,6 +350,8 @@ def test_bucket_size_pads_by_less_than_an_eighth_to_eight_lengths_per_octave():
     for k in range(5, 17):
         in_octave = sizes[(n > 2 ** (k - 1)) & (n <= 2**k)]
         assert len(set(in_octave.tolist())) == 8, k
+    # The same lengths for a length known when tracing.
+    assert [static_bucket_size(int(k)) for k in n] == sizes.tolist()
     assert bucket_size(tf.constant(4096, tf.int64)).numpy() == 4096
     assert bucket_size(tf.constant(4097)).numpy() == 4096 + 512
 
@@ -387,15 +389,28 @@ def test_varying_batch_lengths_compile_a_few_kernels_not_one_per_length(monkeypa
 
 
 @FUSED
-def test_padded_lengths_match_numpy_lazy_adam(table, jit_compile):
-    # 17, 19, 23, 29 and 33 ids are padded to 18, 20, 24, 30 and 36 for the kernel.
+@pytest.mark.parametrize("known_length", [True, False], ids=["traced-length", "dynamic-length"])
+def test_padded_lengths_match_numpy_lazy_adam(table, jit_compile, known_length):
+    # 17, 19, 23, 29 and 33 ids are padded to 18, 20, 24, 30 and 36 for the kernel:
+    # when tracing if the length is known then, by graph ops if not (Keras's None batch).
     rng = np.random.default_rng(29)
     steps = []
     for n in (17, 19, 23, 29, 33):
         indices = rng.integers(0, 10, size=n).astype(np.int32)
         steps.append((indices, rng.normal(size=(n, DIM)).astype(np.float32)))
     optimizer = SparseAdam(0.01, amsgrad=True, jit_compile=jit_compile)
-    var = apply_sparse_steps(optimizer, table, steps, use_function=True)
+    if known_length:
+        var = apply_sparse_steps(optimizer, table, steps, use_function=True)
+    else:
+        var = tf.Variable(table)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, DIM]), tf.TensorSpec([None], tf.int32)])
+        def apply(values, indices):
+            grad = tf.IndexedSlices(values, indices, tf.constant([ROWS, DIM]))
+            optimizer.apply_gradients([(grad, var)])
+
+        for indices, values in steps:
+            apply(values, indices)
     want_var, want_m, want_v = lazy_adam_reference(table, steps, amsgrad=True)
     np.testing.assert_allclose(var.numpy(), want_var, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(slots(optimizer, var)[0], want_m, rtol=1e-5, atol=1e-6)

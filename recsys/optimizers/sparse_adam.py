@@ -49,8 +49,39 @@ def bucket_size(n: Any) -> Any:
     return (n + step - 1) // step * step
 
 
+def static_bucket_size(n: int) -> int:
+    """`bucket_size` for a Python int (a length known when tracing)."""
+    if n < 0:
+        raise ValueError(f"A number of ids must be >= 0. Received: n={n}")
+    octave = (max(n, 1) - 1).bit_length()  # ceil(log2(n))
+    step = 2 ** max(octave - 1 - _SIZES_PER_OCTAVE_LOG2, 0)
+    return -(-n // step) * step
+
+
 def _read_rows(handle: Any, ids: Any, dtype: Any) -> Any:
     return tf.raw_ops.ResourceGather(resource=handle, indices=ids, dtype=dtype)
+
+
+def _pad_to_bucket(ids: Any, positions: Any, values: Any) -> tuple:
+    """Pads ids, their `tf.unique` positions and values to `bucket_size(len(ids))`.
+
+    The padding repeats the first id (position 0) with zero values: those copies get
+    that id's new rows, so writing them back changes nothing more. A length known
+    when tracing (a fixed batch) is bucketed then, without graph ops.
+    """
+    static_n = ids.shape[0]
+    if static_n is not None:
+        padding = static_bucket_size(static_n) - static_n
+        if padding == 0:
+            return ids, positions, values
+    else:
+        n = tf.shape(ids, out_type=ids.dtype)[0]
+        padding = bucket_size(n) - n
+    first = tf.zeros([padding], positions.dtype)
+    ids = tf.concat([ids, tf.gather(ids, first)], 0)
+    positions = tf.concat([positions, first], 0)
+    values = tf.pad(values, [[0, padding], [0, 0]])
+    return ids, positions, values
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -326,14 +357,7 @@ class SparseAdam(_BaseAdam):
         ids = gradient.indices
         values = gradient.values
         _, positions = tf.unique(ids)
-        n = tf.shape(ids, out_type=ids.dtype)[0]
-        # Pad to the kernel's size with copies of the first id (value 0, position 0):
-        # they get that id's new rows, so writing them back changes nothing more.
-        padding = bucket_size(n) - n
-        first = tf.zeros([padding], positions.dtype)
-        ids = tf.concat([ids, tf.gather(ids, first)], 0)
-        positions = tf.concat([positions, first], 0)
-        values = tf.pad(values, [[0, padding], [0, 0]])
+        ids, positions, values = _pad_to_bucket(ids, positions, values)
         dtype = variable.dtype
         alpha, epsilon = self._bias_corrected_step(dtype)
         new_rows = _lazy_adam_rows(
