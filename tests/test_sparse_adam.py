@@ -10,7 +10,7 @@ import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from recsys._tf import keras, tf
 from recsys.layers import Embedding
 from recsys.optimizers import SparseAdam
-from recsys.optimizers.sparse_adam import bucket_size, static_bucket_size
+from recsys.optimizers.sparse_adam import bucket_size
 
 ROWS, DIM = 12, 3
 
@@ -350,38 +350,41 @@ def test_bucket_size_pads_by_less_than_an_eighth_to_eight_lengths_per_octave():
     for k in range(5, 17):
         in_octave = sizes[(n > 2 ** (k - 1)) & (n <= 2**k)]
         assert len(set(in_octave.tolist())) == 8, k
-    # The same lengths for a length known when tracing.
-    assert [static_bucket_size(int(k)) for k in n] == sizes.tolist()
     assert bucket_size(tf.constant(4096, tf.int64)).numpy() == 4096
     assert bucket_size(tf.constant(4097)).numpy() == 4096 + 512
 
 
 def test_varying_batch_lengths_compile_a_few_kernels_not_one_per_length(monkeypatch):
-    # Ragged or multi-hot features give every batch its own number of ids. Each new
-    # input shape of the fused kernel is a new XLA compilation (about 50 ms), so the
-    # kernel must see only the few padded lengths of `bucket_size`.
+    # Ragged or multi-hot features give every batch its own number of ids (and of
+    # distinct ids). Each new input shape of the fused kernel is a new XLA compilation
+    # (about 50 ms), so the kernel must see only the padded lengths of `bucket_size`.
     import recsys.optimizers.sparse_adam as sparse_adam_module
 
     kernel = sparse_adam_module._lazy_adam_rows
-    lengths = []
+    shapes = []
 
-    def spy(ids, *args):
-        lengths.append(int(ids.shape[0]))
-        return kernel(ids, *args)
+    def spy(ids, n_unique, positions, *args):
+        shapes.append((int(ids.shape[0]), int(positions.shape[0])))
+        return kernel(ids, n_unique, positions, *args)
 
     monkeypatch.setattr(sparse_adam_module, "_lazy_adam_rows", spy)
     rng = np.random.default_rng(23)
     var = tf.Variable(rng.normal(size=(5000, DIM)).astype(np.float32))
     before = var.numpy()
     optimizer = SparseAdam(0.01)
-    touched = set()
-    for n in range(1000, 1100, 3):  # 34 lengths, padded to 2: 1024 and 1152
+    touched, distinct = set(), set()
+    for n in range(1000, 1100, 3):  # 34 lengths
         indices = rng.integers(0, 4000, size=n).astype(np.int32)
         touched.update(indices.tolist())
+        distinct.add(len(np.unique(indices)))
         values = rng.normal(size=(n, DIM)).astype(np.float32)
         optimizer.apply_gradients([(tf.IndexedSlices(values, indices, [5000, DIM]), var)])
-    assert len(lengths) == 34
-    assert sorted(set(lengths)) == [1024, 1152]
+    assert len(shapes) == 34
+    # Gradient rows: 34 lengths padded to 2. Distinct ids (about 880-970 of them):
+    # padded to multiples of 64.
+    assert {rows for _, rows in shapes} == {1024, 1152}
+    assert len(distinct) > 20
+    assert {ids for ids, _ in shapes} <= {896, 960, 1024}
     # Padding repeats real ids; rows never in a batch stay bit-identical.
     untouched = np.setdiff1d(np.arange(5000), sorted(touched))
     np.testing.assert_array_equal(var.numpy()[untouched], before[untouched])
@@ -390,32 +393,37 @@ def test_varying_batch_lengths_compile_a_few_kernels_not_one_per_length(monkeypa
 
 @FUSED
 @pytest.mark.parametrize("known_length", [True, False], ids=["traced-length", "dynamic-length"])
-def test_padded_lengths_match_numpy_lazy_adam(table, jit_compile, known_length):
-    # 17, 19, 23, 29 and 33 ids are padded to 18, 20, 24, 30 and 36 for the kernel:
-    # when tracing if the length is known then, by graph ops if not (Keras's None batch).
+def test_padded_lengths_match_numpy_lazy_adam(jit_compile, known_length):
+    # 17 to 33 distinct ids among 50 rows: odd counts are padded to even ones and,
+    # when the length is not known when tracing (Keras's None batch), the gradient
+    # rows are padded too (21 -> 22, 27 -> 28, 37 -> 40, ...).
+    rows = 64
+    table = np.random.default_rng(31).normal(size=(rows, DIM)).astype(np.float32)
     rng = np.random.default_rng(29)
     steps = []
-    for n in (17, 19, 23, 29, 33):
-        indices = rng.integers(0, 10, size=n).astype(np.int32)
+    for n in (21, 23, 27, 31, 37, 45):
+        indices = rng.integers(0, 50, size=n).astype(np.int32)
         steps.append((indices, rng.normal(size=(n, DIM)).astype(np.float32)))
+    distinct = [len(np.unique(indices)) for indices, _ in steps]
+    assert sum(1 for d in distinct if d > 16 and d % 2) >= 2, distinct  # padding happens
     optimizer = SparseAdam(0.01, amsgrad=True, jit_compile=jit_compile)
-    if known_length:
-        var = apply_sparse_steps(optimizer, table, steps, use_function=True)
-    else:
-        var = tf.Variable(table)
+    var = tf.Variable(table)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, DIM]), tf.TensorSpec([None], tf.int32)])
-        def apply(values, indices):
-            grad = tf.IndexedSlices(values, indices, tf.constant([ROWS, DIM]))
-            optimizer.apply_gradients([(grad, var)])
+    def apply(values, indices):
+        grad = tf.IndexedSlices(values, indices, tf.constant([rows, DIM]))
+        optimizer.apply_gradients([(grad, var)])
 
-        for indices, values in steps:
-            apply(values, indices)
+    signature = None
+    if not known_length:
+        signature = [tf.TensorSpec([None, DIM]), tf.TensorSpec([None], tf.int32)]
+    apply = tf.function(apply, input_signature=signature)
+    for indices, values in steps:
+        apply(tf.constant(values), tf.constant(indices))
     want_var, want_m, want_v = lazy_adam_reference(table, steps, amsgrad=True)
     np.testing.assert_allclose(var.numpy(), want_var, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(slots(optimizer, var)[0], want_m, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(slots(optimizer, var)[1], want_v, rtol=1e-5, atol=1e-7)
-    np.testing.assert_array_equal(var.numpy()[10:], table[10:])
+    np.testing.assert_array_equal(var.numpy()[50:], table[50:])
 
 
 @FUSED

@@ -49,44 +49,38 @@ def bucket_size(n: Any) -> Any:
     return (n + step - 1) // step * step
 
 
-def static_bucket_size(n: int) -> int:
-    """`bucket_size` for a Python int (a length known when tracing)."""
-    if n < 0:
-        raise ValueError(f"A number of ids must be >= 0. Received: n={n}")
-    octave = (max(n, 1) - 1).bit_length()  # ceil(log2(n))
-    step = 2 ** max(octave - 1 - _SIZES_PER_OCTAVE_LOG2, 0)
-    return -(-n // step) * step
-
-
 def _read_rows(handle: Any, ids: Any, dtype: Any) -> Any:
     return tf.raw_ops.ResourceGather(resource=handle, indices=ids, dtype=dtype)
 
 
-def _pad_to_bucket(ids: Any, positions: Any, values: Any) -> tuple:
-    """Pads ids, their `tf.unique` positions and values to `bucket_size(len(ids))`.
+def _pad_gradient_rows(positions: Any, values: Any) -> tuple:
+    """Pads a gradient's rows (values and their unique positions) to `bucket_size`.
 
-    The padding repeats the first id (position 0) with zero values: those copies get
-    that id's new rows, so writing them back changes nothing more. A length known
-    when tracing (a fixed batch) is bucketed then, without graph ops.
+    Padding rows hold zeros at position 0, so they add nothing to any sum. Inside a
+    traced function a length known when tracing is kept as it is: the function is
+    traced, and the kernel compiled, once per such length anyway.
     """
-    static_n = ids.shape[0]
-    if static_n is not None:
-        padding = static_bucket_size(static_n) - static_n
-        if padding == 0:
-            return ids, positions, values
-    else:
-        n = tf.shape(ids, out_type=ids.dtype)[0]
-        padding = bucket_size(n) - n
-    first = tf.zeros([padding], positions.dtype)
-    ids = tf.concat([ids, tf.gather(ids, first)], 0)
-    positions = tf.concat([positions, first], 0)
+    static_n = positions.shape[0]
+    if static_n is not None and not tf.executing_eagerly():
+        return positions, values
+    n = tf.shape(positions, out_type=positions.dtype)[0]
+    padding = bucket_size(n) - n
+    positions = tf.pad(positions, [[0, padding]])
     values = tf.pad(values, [[0, padding], [0, 0]])
-    return ids, positions, values
+    return positions, values
+
+
+def _pad_unique_ids(unique_ids: Any) -> Any:
+    """Pads distinct ids to `bucket_size` with copies of the first one."""
+    n = tf.shape(unique_ids, out_type=tf.int32)[0]
+    first = tf.zeros([bucket_size(n) - n], tf.int32)
+    return tf.concat([unique_ids, tf.gather(unique_ids, first)], 0)
 
 
 @tf.function(jit_compile=True, autograph=False)
 def _lazy_adam_rows(
     ids: Any,
+    n_unique: Any,
     positions: Any,
     values: Any,
     var: Any,
@@ -99,20 +93,23 @@ def _lazy_adam_rows(
     one_minus_beta_2: Any,
     decay: Any,
 ) -> tuple:
-    """New rows of the variable and its slots for each id, in one XLA kernel.
+    """New rows of the variable and its slots for the distinct ids, in one XLA kernel.
 
-    `ids` may repeat; `positions[i]` numbers the distinct id of `ids[i]` (as
-    `tf.unique` does), so gradient values of repeated ids are summed and every copy
-    of an id gets the same new rows: scattering them back writes each row once in
-    effect. `var`, `m`, `v` and `vhat` (None unless AMSGrad) are resource handles,
-    only read here; the caller scatters the returned rows. `alpha` (the bias-corrected
-    step size), `epsilon` and `1 - beta` come in computed: `1 - beta_2**t` and
-    `1 - beta_2` cancel badly in float32, so they are computed as tf-keras's Adam
-    computes them (TensorFlow's `pow`; Python floats).
+    `ids` holds the `n_unique` distinct ids of a gradient, then copies of `ids[0]`
+    up to the kernel's padded length. `positions[i]` is the index in `ids` of the
+    gradient row `values[i]` (as `tf.unique` gives it), so the rows of repeated ids
+    are summed here. The copies get the same new rows as `ids[0]`, so scattering
+    them back writes nothing more. `var`, `m`, `v` and `vhat` (None unless AMSGrad)
+    are resource handles, only read here; the caller scatters the returned rows.
+    `alpha` (the bias-corrected step size), `epsilon` and `1 - beta` come in
+    computed: `1 - beta_2**t` and `1 - beta_2` cancel badly in float32, so they are
+    computed as tf-keras's Adam computes them (TensorFlow's `pow`; Python floats).
     """
     dtype = values.dtype
-    summed = tf.math.unsorted_segment_sum(values, positions, tf.shape(positions)[0])
-    grad = tf.gather(summed, positions)
+    size = tf.shape(ids)[0]
+    summed = tf.math.unsorted_segment_sum(values, positions, size)
+    is_real = tf.range(size) < n_unique
+    grad = tf.where(is_real[:, tf.newaxis], summed, summed[:1])
     m_rows = _read_rows(m, ids, dtype)
     m_rows = m_rows + (grad - m_rows) * one_minus_beta_1
     v_rows = _read_rows(v, ids, dtype)
@@ -354,14 +351,15 @@ class SparseAdam(_BaseAdam):
         m = self._momentums[slot]
         v = self._velocities[slot]
         vhat = self._velocity_hats[slot] if self.amsgrad else None
-        ids = gradient.indices
-        values = gradient.values
-        _, positions = tf.unique(ids)
-        ids, positions, values = _pad_to_bucket(ids, positions, values)
+        unique_ids, positions = tf.unique(gradient.indices)
+        n_unique = tf.shape(unique_ids, out_type=tf.int32)[0]
+        ids = _pad_unique_ids(unique_ids)
+        positions, values = _pad_gradient_rows(positions, gradient.values)
         dtype = variable.dtype
         alpha, epsilon = self._bias_corrected_step(dtype)
         new_rows = _lazy_adam_rows(
             ids,
+            n_unique,
             positions,
             values,
             variable.handle,
