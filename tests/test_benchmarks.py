@@ -72,3 +72,14 @@ def test_small_run_writes_json_and_table(tmp_path, capsys):
         assert r["table_bytes"] == 3000 * 8 * 4 and r["setup_peak_rss_bytes"] > 0
     out = capsys.readouterr().out
     assert "sparse_adam" in out and "keras_adam" in out and str(output) in out
+
+
+def test_imdb_benchmark_refuses_unknown_optimizers(capsys):
+    import pytest
+
+    from recsys.benchmarks import imdb_optimizers
+
+    with pytest.raises(SystemExit):
+        imdb_optimizers.main(["--path", "unused", "--order", "adam,lazy_adam"])
+    err = capsys.readouterr().err
+    assert "unknown optimizers ['lazy_adam']" in err and "sparse_adam_unfused" in err

@@ -41,6 +41,9 @@ def _token_dataset(data: Any, vectorizer: Any, seed: int) -> Any:
     return dataset.batch(data.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+OPTIMIZERS = ("sparse_adam", "sparse_adam_unfused", "adam")
+
+
 def _run(
     name: str,
     data: Any,
@@ -56,9 +59,13 @@ def _run(
 
     keras.utils.set_random_seed(seed)
     model = TextClassifier(data, **model_kwargs)
-    optimizer = (
-        SparseAdam(learning_rate) if name == "sparse_adam" else keras.optimizers.Adam(learning_rate)
-    )
+    optimizers = {
+        "sparse_adam": lambda: SparseAdam(learning_rate),
+        # The plain TensorFlow sparse path, without the fused XLA kernel.
+        "sparse_adam_unfused": lambda: SparseAdam(learning_rate, jit_compile=False),
+        "adam": lambda: keras.optimizers.Adam(learning_rate),
+    }
+    optimizer = optimizers[name]()
     model.compile(optimizer=optimizer)
     epoch_seconds = []
     for epoch in range(epochs):
@@ -96,11 +103,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--learning-rate", type=float, default=0.001)
     parser.add_argument("--backbone", default="pooled", choices=["pooled", "cnn", "conv"])
     parser.add_argument("--ngrams", type=int, default=2, choices=[1, 2])
-    parser.add_argument("--order", default="sparse_adam,adam")
+    parser.add_argument(
+        "--order",
+        default="sparse_adam,adam",
+        help="comma-separated optimizers to run, in order: sparse_adam, "
+        "sparse_adam_unfused (SparseAdam(jit_compile=False)), adam",
+    )
     parser.add_argument("--pipeline", default="tokens", choices=["tokens", "text"])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", default=None, help="write the summary JSON here")
     args = parser.parse_args(argv)
+    unknown = set(args.order.split(",")) - set(OPTIMIZERS)
+    if unknown:
+        parser.error(
+            f"--order names unknown optimizers {sorted(unknown)}; choose from "
+            f"{', '.join(OPTIMIZERS)}. Received: --order {args.order}"
+        )
 
     from recsys.data import ImdbDataModule
 
