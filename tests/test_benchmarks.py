@@ -52,7 +52,12 @@ def test_summarize_computes_the_targeted_ratios():
 
 def test_small_run_writes_json_and_table(tmp_path, capsys):
     output = tmp_path / "bench.json"
-    code = bench.main(["--rows", "3000", "--dims", "8", "--rounds", "1", "--output", str(output)])
+    code = bench.main(
+        [
+            *("--rows", "3000", "--dims", "8", "--rounds", "1", "--output", str(output)),
+            *("--optimizers", "sparse_adam,sparse_adam_unfused,keras_adam"),
+        ]
+    )
     assert code == 0
     payload = json.loads(output.read_text())
     assert not payload["skipped"], payload["skipped"]
@@ -61,6 +66,8 @@ def test_small_run_writes_json_and_table(tmp_path, capsys):
         for optimizer, mode in [
             ("sparse_adam", "step"),
             ("sparse_adam", "update"),
+            ("sparse_adam_unfused", "step"),
+            ("sparse_adam_unfused", "update"),
             ("floor", "floor"),
             ("keras_adam", "step"),
             ("keras_adam", "update"),
@@ -83,3 +90,11 @@ def test_imdb_benchmark_refuses_unknown_optimizers(capsys):
         imdb_optimizers.main(["--path", "unused", "--order", "adam,lazy_adam"])
     err = capsys.readouterr().err
     assert "unknown optimizers ['lazy_adam']" in err and "sparse_adam_unfused" in err
+
+
+def test_sparse_adam_benchmark_refuses_unknown_optimizers(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        bench.main(["--optimizers", "sparse_adam,sgd"])
+    assert "unknown optimizers ['sgd']" in capsys.readouterr().err

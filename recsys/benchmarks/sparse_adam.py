@@ -39,6 +39,9 @@ BATCH_IDS = 4096
 ROWS = (20_000, 1_000_000, 10_000_000)
 DIMS = (64, 128)
 KINDS = ("sparse_adam", "keras_adam")
+# Also accepted by --optimizers: SparseAdam(jit_compile=False), the plain TensorFlow
+# sparse path, for comparison with the fused XLA kernel.
+ALL_KINDS = (*KINDS, "sparse_adam_unfused")
 DISTRIBUTIONS = ("uniform", "zipf")
 ZIPF_EXPONENT = 1.1
 
@@ -129,7 +132,11 @@ def run_worker(rows: int, dim: int, kind: str, rounds: int) -> dict:
     layer.build(None)
     table = layer.embeddings
     _init_table_in_chunks(table, tf)
-    optimizer = SparseAdam(1e-3) if kind == "sparse_adam" else keras.optimizers.Adam(1e-3)
+    optimizer = {
+        "sparse_adam": lambda: SparseAdam(1e-3),
+        "sparse_adam_unfused": lambda: SparseAdam(1e-3, jit_compile=False),
+        "keras_adam": lambda: keras.optimizers.Adam(1e-3),
+    }[kind]()
     optimizer.build([table])
     slot = optimizer._index_dict[optimizer._var_key(table)]
     m, v = optimizer._momentums[slot], optimizer._velocities[slot]
@@ -155,7 +162,7 @@ def run_worker(rows: int, dim: int, kind: str, rounds: int) -> dict:
             variable.scatter_update(tf.IndexedSlices(tf.gather(variable, ids), ids))
 
     modes = {"step": train_step, "update": update}
-    if kind == "sparse_adam":
+    if kind != "keras_adam":
         modes["floor"] = floor
         steps_per_block = 40
     else:
@@ -302,8 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=15, help="interleaved timing rounds per mode (best is kept)"
     )
+    parser.add_argument(
+        "--optimizers",
+        default=",".join(KINDS),
+        help=f"comma-separated, from {', '.join(ALL_KINDS)}",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    kinds = args.optimizers.split(",")
+    unknown = sorted(set(kinds) - set(ALL_KINDS))
+    if unknown:
+        parser.error(
+            f"unknown optimizers {unknown}; choose from {', '.join(ALL_KINDS)}. "
+            f"Received: --optimizers {args.optimizers}"
+        )
 
     if args.worker:
         rows, dim, kind, rounds = args.worker.split(",")
@@ -317,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     results, skipped = [], []
     for dim in dims:
         for rows in rows_list:
-            for kind in KINDS:
+            for kind in kinds:
                 need, have = estimated_bytes(rows, dim, kind), _available_memory_bytes()
                 if need > 0.85 * have:
                     skipped.append(
