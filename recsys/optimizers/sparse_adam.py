@@ -53,6 +53,13 @@ def _read_rows(handle: Any, ids: Any, dtype: Any) -> Any:
     return tf.raw_ops.ResourceGather(resource=handle, indices=ids, dtype=dtype)
 
 
+def _scatter_rows(targets: tuple, rows: tuple, ids: Any) -> None:
+    """Writes `rows[i]` into `targets[i]` at `ids` (None targets are skipped)."""
+    for target, new in zip(targets, rows, strict=True):
+        if target is not None:
+            target.scatter_update(tf.IndexedSlices(new, ids))
+
+
 def _pad_gradient_rows(positions: Any, values: Any) -> tuple:
     """Pads a gradient's rows (values and their unique positions) to `bucket_size`.
 
@@ -75,6 +82,36 @@ def _pad_unique_ids(unique_ids: Any) -> Any:
     n = tf.shape(unique_ids, out_type=tf.int32)[0]
     first = tf.zeros([bucket_size(n) - n], tf.int32)
     return tf.concat([unique_ids, tf.gather(unique_ids, first)], 0)
+
+
+def _adam_rows(
+    grad: Any,
+    var_rows: Any,
+    m_rows: Any,
+    v_rows: Any,
+    vhat_rows: Any,
+    alpha: Any,
+    epsilon: Any,
+    one_minus_beta_1: Any,
+    one_minus_beta_2: Any,
+    decay: Any,
+) -> tuple:
+    """Adam's new (variable, m, v, vhat) rows from the current ones and their gradient.
+
+    The expressions are those of tf-keras Adam's dense branch, so with TensorFlow's
+    kernels a row gets dense Adam's values bit for bit. `vhat_rows` is None unless
+    AMSGrad; `decay` (weight decay times learning rate) is None without weight decay.
+    """
+    m_rows = m_rows + (grad - m_rows) * one_minus_beta_1
+    v_rows = v_rows + (tf.square(grad) - v_rows) * one_minus_beta_2
+    second = v_rows
+    if vhat_rows is not None:
+        vhat_rows = tf.maximum(vhat_rows, v_rows)
+        second = vhat_rows
+    delta = (m_rows * alpha) / (tf.sqrt(second) + epsilon)
+    if decay is not None:
+        delta = delta + var_rows * decay
+    return var_rows - delta, m_rows, v_rows, vhat_rows
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -110,20 +147,8 @@ def _lazy_adam_rows(
     summed = tf.math.unsorted_segment_sum(values, positions, size)
     is_real = tf.range(size) < n_unique
     grad = tf.where(is_real[:, tf.newaxis], summed, summed[:1])
-    m_rows = _read_rows(m, ids, dtype)
-    m_rows = m_rows + (grad - m_rows) * one_minus_beta_1
-    v_rows = _read_rows(v, ids, dtype)
-    v_rows = v_rows + (tf.square(grad) - v_rows) * one_minus_beta_2
-    vhat_rows = None
-    second = v_rows
-    if vhat is not None:
-        vhat_rows = tf.maximum(_read_rows(vhat, ids, dtype), v_rows)
-        second = vhat_rows
-    var_rows = _read_rows(var, ids, dtype)
-    delta = (m_rows * alpha) / (tf.sqrt(second) + epsilon)
-    if decay is not None:
-        delta = delta + var_rows * decay
-    return var_rows - delta, m_rows, v_rows, vhat_rows
+    rows = [None if h is None else _read_rows(h, ids, dtype) for h in (var, m, v, vhat)]
+    return _adam_rows(grad, *rows, alpha, epsilon, one_minus_beta_1, one_minus_beta_2, decay)
 
 
 _BASE_HAS_ADAPTIVE_EPSILON = "adaptive_epsilon" in inspect.signature(_BaseAdam.__init__).parameters
@@ -347,10 +372,7 @@ class SparseAdam(_BaseAdam):
         super().update_step(gradient, variable)
 
     def _fused_sparse_update_step(self, gradient: Any, variable: Any, decay: Any | None) -> None:
-        slot = self._index_dict[self._var_key(variable)]
-        m = self._momentums[slot]
-        v = self._velocities[slot]
-        vhat = self._velocity_hats[slot] if self.amsgrad else None
+        targets = self._row_targets(variable)
         unique_ids, positions = tf.unique(gradient.indices)
         n_unique = tf.shape(unique_ids, out_type=tf.int32)[0]
         ids = _pad_unique_ids(unique_ids)
@@ -362,19 +384,20 @@ class SparseAdam(_BaseAdam):
             n_unique,
             positions,
             values,
-            variable.handle,
-            m.handle,
-            v.handle,
-            None if vhat is None else vhat.handle,
+            *(None if t is None else t.handle for t in targets),
             alpha,
             tf.cast(epsilon, dtype),
             tf.constant(1 - self.beta_1, dtype),
             tf.constant(1 - self.beta_2, dtype),
             decay,
         )
-        for target, rows in zip((variable, m, v, vhat), new_rows, strict=True):
-            if target is not None:
-                target.scatter_update(tf.IndexedSlices(rows, ids))
+        _scatter_rows(targets, new_rows, ids)
+
+    def _row_targets(self, variable: Any) -> tuple:
+        """The variable and its slots (var, m, v, vhat), vhat None unless AMSGrad."""
+        slot = self._index_dict[self._var_key(variable)]
+        vhat = self._velocity_hats[slot] if self.amsgrad else None
+        return variable, self._momentums[slot], self._velocities[slot], vhat
 
     def _bias_corrected_step(self, dtype: Any) -> tuple:
         """Adam's `alpha` and `epsilon_hat` for this step (expressions as in tf-keras)."""
@@ -389,34 +412,23 @@ class SparseAdam(_BaseAdam):
         return alpha, epsilon_hat
 
     def _sparse_update_step(self, gradient: Any, variable: Any, decay: Any | None) -> None:
-        # The expressions mirror tf-keras Adam's dense branch, so a row present in every
-        # step gets bit-identical values to dense Adam.
+        # Plain TensorFlow ops on duplicate-free indices (`_deduplicate_sparse_grad`).
+        # The rows are gathered, updated and written back with `scatter_update`: on
+        # CPU, ResourceScatterSub costs about twice a gather plus a ResourceScatterUpdate.
         alpha, epsilon_hat = self._bias_corrected_step(variable.dtype)
-        slot = self._index_dict[self._var_key(variable)]
-        m = self._momentums[slot]
-        v = self._velocities[slot]
+        targets = self._row_targets(variable)
         indices = gradient.indices
-        values = gradient.values
-
-        m_rows = tf.gather(m, indices)
-        m_rows = m_rows + (values - m_rows) * (1 - self.beta_1)
-        v_rows = tf.gather(v, indices)
-        v_rows = v_rows + (tf.square(values) - v_rows) * (1 - self.beta_2)
-        m.scatter_update(tf.IndexedSlices(m_rows, indices))
-        v.scatter_update(tf.IndexedSlices(v_rows, indices))
-        if self.amsgrad:
-            v_hat = self._velocity_hats[slot]
-            v_rows = tf.maximum(tf.gather(v_hat, indices), v_rows)
-            v_hat.scatter_update(tf.IndexedSlices(v_rows, indices))
-
-        delta = (m_rows * alpha) / (tf.sqrt(v_rows) + epsilon_hat)
-        var_rows = tf.gather(variable, indices)
-        if decay is not None:
-            delta = delta + var_rows * decay
-        # Gather, subtract and scatter_update: on CPU, ResourceScatterSub costs about twice
-        # a gather plus a ResourceScatterUpdate. Indices are unique here (the base class
-        # sums duplicates before `update_step`), so the two are the same arithmetic.
-        variable.scatter_update(tf.IndexedSlices(var_rows - delta, indices))
+        rows = [None if t is None else tf.gather(t, indices) for t in targets]
+        new_rows = _adam_rows(
+            gradient.values,
+            *rows,
+            alpha,
+            epsilon_hat,
+            1 - self.beta_1,
+            1 - self.beta_2,
+            decay,
+        )
+        _scatter_rows(targets, new_rows, indices)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
