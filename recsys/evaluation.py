@@ -52,6 +52,18 @@ def _as_index_array(name: str, value: Any) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
+def _index_pairs(prefix: str, users: Any, items: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`{prefix}_users` and `{prefix}_items` as index arrays of the same length."""
+    users = _as_index_array(f"{prefix}_users", users)
+    items = _as_index_array(f"{prefix}_items", items)
+    if users.shape != items.shape:
+        raise ValueError(
+            f"`{prefix}_users` and `{prefix}_items` must have the same length. Received "
+            f"{users.size} and {items.size}."
+        )
+    return users, items
+
+
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
         raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
@@ -118,25 +130,13 @@ def retrieval_metrics(
             f"{queries.shape[1]} and {candidates.shape[1]}."
         )
     num_users, num_items = int(queries.shape[0]), int(candidates.shape[0])
-    test_users = _as_index_array("test_users", test_users)
-    test_items = _as_index_array("test_items", test_items)
-    if test_users.shape != test_items.shape:
-        raise ValueError(
-            "`test_users` and `test_items` must have the same length. Received "
-            f"{test_users.size} and {test_items.size}."
-        )
+    test_users, test_items = _index_pairs("test", test_users, test_items)
     if (train_users is None) != (train_items is None):
         raise ValueError("Pass both `train_users` and `train_items`, or neither.")
     if train_users is None:
         train_users = np.zeros([0], np.int64)
         train_items = np.zeros([0], np.int64)
-    train_users = _as_index_array("train_users", train_users)
-    train_items = _as_index_array("train_items", train_items)
-    if train_users.shape != train_items.shape:
-        raise ValueError(
-            "`train_users` and `train_items` must have the same length. Received "
-            f"{train_users.size} and {train_items.size}."
-        )
+    train_users, train_items = _index_pairs("train", train_users, train_items)
     for name, array, bound in (
         ("test_users", test_users, num_users),
         ("train_users", train_users, num_users),
