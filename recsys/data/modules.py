@@ -2,13 +2,13 @@
 
 A data module loads a dataset, splits it and hands out tf.data pipelines. The classes
 are plain Python; TensorFlow is imported only inside the dataset methods (through
-:mod:`recsys.data.pipelines`), so building one from a config never imports it.
+:mod:`recsys.data.pipelines`), so building one from a config never imports it. The
+dependency goes one way: the modules import the pipelines, never the reverse.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,21 +17,12 @@ import pandas as pd
 from recsys.data import splits
 from recsys.data.imdb import Imdb, load_imdb
 from recsys.data.movielens import MovieLens, get_variant, load_movielens
+from recsys.data.vocabulary import vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
     from recsys._tf import keras, tf
 
 SPLITS = ("random", "leave_last_out", "time")
-
-
-def vocabulary(values: pd.Series | Sequence[str] | np.ndarray) -> np.ndarray:
-    """Sorted unique values as a NumPy array of str (what lookups are built from).
-
-    Example:
-        >>> vocabulary(["b", "a", "b"]).tolist()
-        ['a', 'b']
-    """
-    return np.asarray(sorted(pd.unique(pd.Series(values, dtype=str))), dtype=object)
 
 
 class _SplitDatasets:

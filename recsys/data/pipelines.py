@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from recsys._tf import keras, tf
-from recsys.data.modules import vocabulary
+from recsys.data.vocabulary import vocabulary
 
 __all__ = [
     "candidates_dataset",
