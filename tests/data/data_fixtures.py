@@ -286,9 +286,9 @@ def closed_port_url() -> str:
 def _isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never touch the real ./data or $RECSYS_DATA_DIR from a test; no pip fallback."""
     monkeypatch.setenv("RECSYS_DATA_DIR", str(tmp_path / "cache-from-env"))
-    from recsys.data import sources
+    from recsys.data.sources import mirrors
 
-    monkeypatch.setattr(sources, "PIP_FALLBACK", False)
+    monkeypatch.setattr(mirrors, "PIP_FALLBACK", False)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:

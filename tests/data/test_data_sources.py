@@ -315,7 +315,7 @@ def test_parquet_cache_ignores_incomplete_or_stale_folders(tmp_path):
 
 
 def test_attribution_prints_when_logging_is_not_configured(capsys, monkeypatch):
-    monkeypatch.setattr(sources, "_ATTRIBUTED", set())
+    monkeypatch.setattr(sources.routes, "_ATTRIBUTED", set())
     sources.attribute("Data by someone.")
     sources.attribute("Data by someone.")
     assert capsys.readouterr().err.count("Data by someone.") == (
