@@ -315,9 +315,9 @@ def fetch_dataset(
         try:
             got = route.fetch()
         except route.skip_on as err:
-            if isinstance(
-                err, ChecksumError
-            ):  # tampering is worth a warning even if a later route works
+            # A file that does not match its pin is worth a warning even if a later
+            # route works: it may have been tampered with.
+            if isinstance(err, ChecksumError):
                 logger.warning("%s", err)
             log.add(route.name, str(err))
             continue
