@@ -1,7 +1,10 @@
-"""Detection on fake /sys and /proc trees, CPU splitting and allocator lookup."""
+"""Detection on fake /sys and /proc trees, CPU splitting, allocator lookup, free memory,
+and the shape of the recsys.hardware package (no TensorFlow, planning apart from
+process mutation)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -17,6 +20,7 @@ from recsys.hardware import (
     detect,
     find_allocator,
     format_cpu_list,
+    free_memory_bytes,
     parse_cpu_list,
     split_cpus,
 )
@@ -58,7 +62,10 @@ def fake_machine(
             ),
         )
     if mem_kb is not None:
-        write(paths.proc_meminfo, f"MemTotal:       {mem_kb} kB\nMemFree:  1 kB\n")
+        write(
+            paths.proc_meminfo,
+            f"MemTotal:       {mem_kb} kB\nMemFree:  1 kB\nMemAvailable: {mem_kb // 2} kB\n",
+        )
     write(paths.proc_self_cgroup, cgroup)
     for rel, text in (cgroup_files or {}).items():
         write(paths.cgroup_root / rel, text)
@@ -256,13 +263,162 @@ def test_find_allocator_in_injected_dirs(tmp_path: Path) -> None:
         find_allocator("mimalloc", search_dirs=[], ldconfig=None)
 
 
+HARDWARE_DIR = Path(__file__).parents[1] / "recsys" / "hardware"
+HARDWARE_MODULES = sorted(p.stem for p in HARDWARE_DIR.glob("*.py") if p.stem != "__init__")
+
+
 def test_hardware_and_launch_never_import_tensorflow() -> None:
+    # Every module of the package, the recsys.launch shim and the Hydra launcher plugin,
+    # and what they do before TensorFlow starts: plan, and print the plan as the CLI does.
+    modules = [f"recsys.hardware.{name}" for name in HARDWARE_MODULES]
     code = (
-        "import sys, recsys.hardware, recsys.launch\n"
+        "import contextlib, io, sys, recsys.hardware, recsys.launch\n"
+        f"for name in {modules!r}: __import__(name)\n"
+        "import hydra_plugins.recsys_launcher.recsys_launcher\n"
         "recsys.launch.make_plan()\n"
-        "print('tensorflow' in sys.modules)\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    recsys.launch.main(['--print-env', '--quiet'])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras')))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
-    assert out.strip() == "False"
+    assert out.strip() == "[]"
+    assert {"allocators", "cli", "config", "detection", "machine", "plan", "process"} <= set(
+        HARDWARE_MODULES
+    )
+
+
+def _module_level_imports(tree: ast.Module) -> set[str]:
+    """Modules imported when the module is imported: everything outside function bodies."""
+    names: set[str] = set()
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        stack.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def test_module_level_import_finder_sees_through_blocks_not_functions() -> None:
+    tree = ast.parse(
+        "import os\nif True:\n    import tensorflow\n"
+        "def f():\n    from recsys._tf import tf\nclass C:\n    from tf_keras import layers\n"
+    )
+    assert _module_level_imports(tree) == {"os", "tensorflow", "tf_keras"}
+
+
+@pytest.mark.parametrize("name", ["__init__", *HARDWARE_MODULES])
+def test_no_module_level_tensorflow_import(name: str) -> None:
+    tree = ast.parse((HARDWARE_DIR / f"{name}.py").read_text())
+    imported = _module_level_imports(tree)
+    heavy = {m for m in imported if m.split(".")[0] in ("tensorflow", "tf_keras", "keras")}
+    heavy |= {
+        m for m in imported if m == "recsys._tf" or m.startswith(("recsys.layers", "recsys.models"))
+    }
+    assert not heavy, f"recsys/hardware/{name}.py imports {sorted(heavy)} at module level"
+
+
+# Calls that change the running process: its environment, affinity or program.
+MUTATIONS = {
+    "execv",
+    "execve",
+    "execvp",
+    "execvpe",
+    "putenv",
+    "unsetenv",
+    "sched_setaffinity",
+    "chdir",
+    "update",
+    "pop",
+    "setdefault",
+    "clear",
+}
+PURE_MODULES = ("allocators", "config", "detection", "machine", "plan")
+
+
+@pytest.mark.parametrize("name", PURE_MODULES)
+def test_planning_modules_never_change_the_process(name: str) -> None:
+    tree = ast.parse((HARDWARE_DIR / f"{name}.py").read_text())
+    found = []
+    for node in ast.walk(tree):
+        # os.<mutation>(...), os.environ.<mutation>(...), os.environ[...] = ...
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = ast.unparse(node.func.value)
+            if owner in ("os", "os.environ") and node.func.attr in MUTATIONS:
+                found.append(ast.unparse(node))
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            found += [ast.unparse(t) for t in targets if ast.unparse(t).startswith("os.environ")]
+    assert not found, f"recsys/hardware/{name}.py changes the process: {found}"
+
+
+def test_process_mutation_lives_in_process_and_cli_only() -> None:
+    # The check above must see the calls where they are, or it proves nothing.
+    text = (HARDWARE_DIR / "process.py").read_text()
+    assert "os.environ.update(" in text and "sched_setaffinity" in text
+    assert "os.execvpe(" in (HARDWARE_DIR / "cli.py").read_text()
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_free_memory_is_capped_by_the_container_headroom(tmp_path: Path) -> None:
+    gib = 2**30
+    paths = fake_machine(
+        tmp_path,
+        topology={0: (0, 0)},
+        mem_kb=64 * 2**20,  # MemAvailable: 32 GiB
+        cgroup="0::/job\n",
+        cgroup_files={
+            "job/memory.max": f"{8 * gib}\n",
+            "job/memory.current": f"{5 * gib}\n",
+            # 1 GiB of the usage is inactive page cache, which the kernel reclaims first.
+            "job/memory.stat": f"anon 4000\ninactive_file {gib}\nactive_file 0\n",
+        },
+    )
+    assert free_memory_bytes(paths) == 4 * gib  # 8 - (5 - 1), not the machine's 32
+    hw = detect(paths, affinity=[0])
+    assert hw.memory_limit_bytes == 8 * gib
+
+
+def test_free_memory_v1_and_no_limit(tmp_path: Path) -> None:
+    gib = 2**30
+    v1 = fake_machine(
+        tmp_path / "v1",
+        topology={0: (0, 0)},
+        mem_kb=16 * 2**20,  # MemAvailable: 8 GiB
+        cgroup="4:memory:/docker/abc\n",
+        cgroup_files={
+            "memory/memory.limit_in_bytes": f"{3 * gib}\n",
+            "memory/memory.usage_in_bytes": f"{gib}\n",
+        },
+    )
+    assert free_memory_bytes(v1) == 2 * gib
+    unlimited = fake_machine(
+        tmp_path / "none",
+        topology={0: (0, 0)},
+        mem_kb=16 * 2**20,
+        cgroup="4:memory:/\n",
+        cgroup_files={"memory/memory.limit_in_bytes": "9223372036854771712\n"},
+    )
+    assert free_memory_bytes(unlimited) == 8 * gib  # MemAvailable, no container cap
+    # A cgroup using more than its limit (it is about to reclaim) leaves no room, not less.
+    over = fake_machine(
+        tmp_path / "over",
+        topology={0: (0, 0)},
+        cgroup="0::/\n",
+        cgroup_files={"memory.max": f"{gib}\n", "memory.current": f"{2 * gib}\n"},
+    )
+    assert free_memory_bytes(over) == 0
+
+
+def test_free_memory_on_this_machine_is_at_most_its_memory() -> None:
+    free = free_memory_bytes()
+    hw = detect()
+    assert free is not None and 0 < free <= hw.memory_available_bytes

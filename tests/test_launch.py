@@ -1,4 +1,5 @@
-"""The hardware plan (kept / set / inherited), its CLI, and that it reaches TensorFlow."""
+"""The hardware plan (kept / set / inherited), applying it, its CLI (``python -m
+recsys.launch``, a shim over :mod:`recsys.hardware`), and that it reaches TensorFlow."""
 
 from __future__ import annotations
 
@@ -7,23 +8,28 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
-from recsys.hardware import Core, Hardware
-from recsys.launch import (
+from recsys.hardware import (
     JEMALLOC_CONF,
     LAUNCHER_KEYS_VAR,
     REEXEC_VAR,
+    Core,
+    Hardware,
     HardwareConfig,
     apply_hardware_plan,
+    configure_tensorflow_threads,
     main,
     make_plan,
     without_launcher_values,
 )
+from recsys.hardware import process as hardware_process
 
 APPS = Path(__file__).parent / "apps"
+REPO = Path(__file__).parents[1]
 
 # Other tests in the same session import TensorFlow; apply_hardware_plan rightly warns then.
 pytestmark = pytest.mark.filterwarnings("ignore:TensorFlow was imported before:RuntimeWarning")
@@ -32,9 +38,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:TensorFlow was imported before:R
 @pytest.fixture
 def not_in_multirun(monkeypatch):
     """Earlier in-process Hydra runs in this session may leave a MULTIRUN HydraConfig behind."""
-    import recsys.launch
-
-    monkeypatch.setattr(recsys.launch, "_in_hydra_multirun", lambda: False)
+    monkeypatch.setattr(hardware_process, "_in_hydra_multirun", lambda: False)
 
 
 # 2 sockets x 2 cores x 2 hyper-threads (cpu n and n+4 share a core).
@@ -83,6 +87,7 @@ def test_defaults_on_two_socket_machine_with_hyperthreads() -> None:
     assert env["KMP_AFFINITY"] == "granularity=fine,compact,1,0"
     assert env["KMP_BLOCKTIME"] == "1"
     assert env["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert env["TF_CPP_MIN_LOG_LEVEL"] == "2"  # TensorFlow's C++ log: errors only
     assert "LD_PRELOAD" not in env  # no allocator installed: nothing preloaded
     assert set(env[LAUNCHER_KEYS_VAR].split(",")) == set(env) - {LAUNCHER_KEYS_VAR}
     assert plan.cpus is None and plan.warnings == ()
@@ -114,6 +119,24 @@ def test_user_variables_are_kept_and_reported() -> None:
     table = plan.summary()
     assert "OMP_NUM_THREADS" in table and "kept" in table and "set" in table
     assert "detected:" in table
+
+
+def test_tensorflow_log_level_is_errors_only_unless_the_user_set_it() -> None:
+    plan = make_plan(None, LAPTOP, environ={}, find_library=no_allocator)
+    assert sources(plan)["TF_CPP_MIN_LOG_LEVEL"] == ("2", "set")
+    assert plan.env()["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    # The user's level wins, shown as kept like every other variable the user set.
+    plan = make_plan(None, LAPTOP, environ={"TF_CPP_MIN_LOG_LEVEL": "0"}, find_library=no_allocator)
+    assert sources(plan)["TF_CPP_MIN_LOG_LEVEL"] == ("0", "kept")
+    assert "TF_CPP_MIN_LOG_LEVEL" not in plan.env()
+    assert "TF_CPP_MIN_LOG_LEVEL=0" in plan.export_lines()
+    (row,) = [line for line in plan.summary().splitlines() if "TF_CPP_MIN_LOG_LEVEL" in line]
+    assert row.split()[:3] == ["TF_CPP_MIN_LOG_LEVEL", "0", "kept"]
+    assert plan.environ({"TF_CPP_MIN_LOG_LEVEL": "0"})["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    # A process started under a launcher inherits the launcher's default.
+    parent = make_plan(None, LAPTOP, environ={}, find_library=no_allocator)
+    child = make_plan(None, LAPTOP, environ=parent.environ({}), find_library=no_allocator)
+    assert sources(child)["TF_CPP_MIN_LOG_LEVEL"] == ("2", "inherited")
 
 
 def test_launcher_values_are_inherited_unless_requested() -> None:
@@ -175,6 +198,69 @@ def test_cpus_restrict_the_plan() -> None:
         make_plan({"cpus": [1, 2]}, LAPTOP, environ={}, find_library=no_allocator)
     with pytest.raises(ValueError, match="at least one CPU"):
         HardwareConfig(cpus=[])
+
+
+# --------------------------------------------------------------------------- recsys.launch shim
+
+
+def test_recsys_launch_still_exports_the_moved_names() -> None:
+    import recsys.hardware
+    import recsys.launch
+
+    for name in recsys.launch.__all__:
+        assert getattr(recsys.launch, name) is getattr(recsys.hardware, name), name
+    for name in (
+        "HardwareConfig",
+        "apply_hardware_plan",
+        "configure_tensorflow_threads",
+        "make_plan",
+    ):
+        assert name in recsys.launch.__all__
+
+
+def test_a_run_saved_before_recsys_hardware_still_builds_and_resumes(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from recsys.run import (
+        RunPaths,
+        check_resumable,
+        config_changes,
+        register_resolvers,
+        save_config,
+    )
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "+experiment=movielens",
+                "hardware.intra_op_threads=1",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
+    assert cfg.hardware._target_ == "recsys.hardware.HardwareConfig"
+    # The run directory as a run before the move left it: its config names recsys.launch,
+    # and it holds a checkpoint.
+    paths = RunPaths(tmp_path)
+    save_config(cfg, paths.config)
+    text = paths.config.read_text()
+    old = text.replace("recsys.hardware.HardwareConfig", "recsys.launch.HardwareConfig")
+    assert old != text
+    paths.config.write_text(old)
+    paths.checkpoints.mkdir(parents=True)
+    (paths.checkpoints / "checkpoint").write_text("")
+    saved = OmegaConf.load(paths.config)
+    assert instantiate(saved.hardware) == HardwareConfig(intra_op_threads=1)
+    assert make_plan(saved.hardware, LAPTOP, environ={}, find_library=no_allocator) == make_plan(
+        cfg.hardware, LAPTOP, environ={}, find_library=no_allocator
+    )
+    check_resumable(cfg, paths)  # a hardware change never blocks resuming
+    assert config_changes(cfg, paths.config) == [
+        "hardware._target_: recsys.launch.HardwareConfig -> recsys.hardware.HardwareConfig"
+    ]
 
 
 # --------------------------------------------------------------------------- allocator
@@ -246,6 +332,7 @@ def test_apply_sets_environment_and_saves_record(
     assert calls == []  # nothing to preload: no re-execution
     assert os.environ["TF_NUM_INTRAOP_THREADS"] == "1"
     assert os.environ["OMP_NUM_THREADS"] == "3"  # kept
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
     record = json.loads((tmp_path / "hardware.json").read_text())
     assert record["intra_op_threads"] == 1
     kept = {s["key"] for s in record["settings"] if s["source"] == "kept"}
@@ -303,19 +390,17 @@ def test_apply_reexecutes_when_preload_changes(
 
 
 def test_no_reexec_inside_an_in_process_multirun(tmp_path: Path, monkeypatch) -> None:
-    import recsys.launch
-
     lib = tmp_path / "libtcmalloc.so.9"
     lib.write_bytes(b"")
     monkeypatch.setattr(os, "environ", {})
-    monkeypatch.setattr(recsys.launch, "_in_hydra_multirun", lambda: True)
+    monkeypatch.setattr(hardware_process, "_in_hydra_multirun", lambda: True)
     calls = []
     with pytest.warns(RuntimeWarning, match="in-process Hydra multirun"):
         apply_hardware_plan(
             {"allocator": str(lib)}, hardware=LAPTOP, quiet=True, execve=lambda *a: calls.append(a)
         )
     assert calls == []
-    monkeypatch.setattr(recsys.launch, "_in_hydra_multirun", lambda: False)
+    monkeypatch.setattr(hardware_process, "_in_hydra_multirun", lambda: False)
     monkeypatch.setattr(os, "environ", {})
     with pytest.warns(RuntimeWarning, match="switched off"):
         apply_hardware_plan(
@@ -384,6 +469,70 @@ def test_reexec_does_not_loop_when_the_library_does_not_load(tmp_path: Path) -> 
     assert any("did not load" in w for w in report["warnings"])
 
 
+class FakeThreading:
+    """``tf.config.threading`` as far as configure_tensorflow_threads uses it."""
+
+    def __init__(self, intra: int = 0, inter: int = 0, started: bool = False) -> None:
+        self.pools = {"intra": intra, "inter": inter}
+        self.started = started  # TensorFlow refuses new pool sizes once its runtime runs
+        self.calls: list[tuple[str, int]] = []
+
+    def _set(self, pool: str, n: int) -> None:
+        if self.started:
+            raise RuntimeError("Intra op parallelism cannot be modified after initialization.")
+        self.calls.append((pool, n))
+        self.pools[pool] = n
+
+    def get_intra_op_parallelism_threads(self) -> int:
+        return self.pools["intra"]
+
+    def get_inter_op_parallelism_threads(self) -> int:
+        return self.pools["inter"]
+
+    def set_intra_op_parallelism_threads(self, n: int) -> None:
+        self._set("intra", n)
+
+    def set_inter_op_parallelism_threads(self, n: int) -> None:
+        self._set("inter", n)
+
+
+def fake_tensorflow(monkeypatch, threading: FakeThreading) -> None:
+    """Stand in for recsys._tf, so the pool logic is tested without starting TensorFlow
+    (the slow tests below check the real thing in a fresh process)."""
+    tf = types.SimpleNamespace(config=types.SimpleNamespace(threading=threading))
+    module = types.ModuleType("recsys._tf")
+    module.tf = tf  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "recsys._tf", module)
+
+
+def test_configure_tensorflow_threads_sets_the_plans_pools(monkeypatch) -> None:
+    plan = make_plan(
+        {"intra_op_threads": 1, "inter_op_threads": 2},
+        LAPTOP,
+        environ={},
+        find_library=no_allocator,
+    )
+    threading = FakeThreading()  # TensorFlow's defaults: 0 = decide itself
+    fake_tensorflow(monkeypatch, threading)
+    assert configure_tensorflow_threads(plan) == (1, 2)
+    assert threading.calls == [("intra", 1), ("inter", 2)]
+    # Pools that already match are left alone, even once the runtime runs.
+    threading.started, threading.calls = True, []
+    assert configure_tensorflow_threads(plan) == (1, 2)
+    assert threading.calls == []
+
+
+def test_configure_tensorflow_threads_after_the_runtime_started_says_what_to_do(
+    monkeypatch,
+) -> None:
+    plan = make_plan({"intra_op_threads": 1}, LAPTOP, environ={}, find_library=no_allocator)
+    fake_tensorflow(monkeypatch, FakeThreading(intra=2, inter=2, started=True))
+    with pytest.raises(
+        RuntimeError, match=r"already initialized with intra/inter-op threads \(2, 2\)"
+    ):
+        configure_tensorflow_threads(plan)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -443,6 +592,27 @@ def _launch(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def test_python_m_recsys_launch_prints_env_and_json() -> None:
+    # The documented command, through the recsys.launch shim.
+    result = _launch("--print-env", "--allocator", "none", "--intra-op-threads", "1")
+    assert result.returncode == 0, result.stderr
+    env = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert env["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert env["TF_CPP_MIN_LOG_LEVEL"] == os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+    assert "recsys hardware plan" in result.stderr  # the table goes to stderr
+    # The user's TensorFlow log level is kept, and the table says so.
+    result = _launch("--print-env", "--allocator", "none", env={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert "TF_CPP_MIN_LOG_LEVEL=0" in result.stdout.splitlines()
+    (row,) = [line for line in result.stderr.splitlines() if "TF_CPP_MIN_LOG_LEVEL" in line]
+    assert row.split()[:3] == ["TF_CPP_MIN_LOG_LEVEL", "0", "kept"]
+    result = _launch(
+        "--json", "--allocator", "none", "--cpus", str(sorted(os.sched_getaffinity(0))[0])
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["intra_op_threads"] == 1 and record["cpus"] is not None
+
+
 def test_cli_runs_command_with_plan_and_returns_its_exit_code() -> None:
     code = (
         "import os, sys; print(os.environ['TF_NUM_INTRAOP_THREADS'], "
@@ -473,6 +643,7 @@ def test_cli_reports_missing_command() -> None:
     assert "command not found" in result.stderr
 
 
+@pytest.mark.slow  # a TensorFlow import in a fresh process
 def test_plan_reaches_tensorflow_through_the_environment() -> None:
     # A plain script: only the environment can carry the plan into TensorFlow. TF's own
     # default inter-op pool has one thread per CPU; 3 is what the plan asked for.
@@ -496,6 +667,7 @@ def test_plan_reaches_tensorflow_through_the_environment() -> None:
     assert report["tf_compute_threads"] == 3
 
 
+@pytest.mark.slow  # a TensorFlow import in a fresh process
 def test_plan_reaches_tensorflow_through_apply_and_configure() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", LAUNCHER_KEYS_VAR)}
     for key in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):

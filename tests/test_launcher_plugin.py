@@ -14,8 +14,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.recsys_launcher._job import TaskRef, resolve_task, task_reference
 from hydra_plugins.recsys_launcher.recsys_launcher import RecsysLauncher, job_plan, job_slots
-from recsys.hardware import Core, Hardware
-from recsys.launch import LAUNCHER_KEYS_VAR
+from recsys.hardware import LAUNCHER_KEYS_VAR, Core, Hardware
 
 REPO = Path(__file__).parents[1]
 APP = Path(__file__).parent / "apps" / "hw_app.py"
@@ -117,7 +116,7 @@ def test_task_reference_unwraps_hydra_main_and_rejects_lambdas() -> None:
 
 @needs_two_cpus
 def test_two_job_multirun_runs_separate_processes_on_disjoint_cpus(tmp_path: Path) -> None:
-    proc = multirun(tmp_path, "hydra.launcher.n_jobs=2", "x=1,2", "use_tf=true", "sleep=1")
+    proc = multirun(tmp_path, "hydra.launcher.n_jobs=2", "x=1,2", "wait_for_jobs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = reports(tmp_path)
     assert [j["x"] for j in jobs] == [1, 2]
@@ -129,7 +128,30 @@ def test_two_job_multirun_runs_separate_processes_on_disjoint_cpus(tmp_path: Pat
     cpus = [set(j["affinity"]) for j in jobs]
     assert cpus[0].isdisjoint(cpus[1])
     assert cpus[0] | cpus[1] <= set(ALLOWED)
-    # Each job's plan is its share, and TensorFlow got it.
+    # Each job's plan is its share.
+    for job in jobs:
+        share = len(job["affinity"])
+        assert job["plan_intra"] == share
+        assert job["env"]["OMP_NUM_THREADS"] == str(share)
+        assert job["env"]["TF_NUM_INTRAOP_THREADS"] == str(share)
+        # The user's TensorFlow log level (conftest sets one) reaches every job.
+        assert job["env"]["TF_CPP_MIN_LOG_LEVEL"] == os.environ["TF_CPP_MIN_LOG_LEVEL"]
+    # n_jobs=2: they ran at the same time. Each job, while still running, saw the other's
+    # start marker: so each started before the other ended. Run one after the other,
+    # the first job would never see the second's marker.
+    assert [j["started_jobs"] for j in jobs] == [[1, 2], [1, 2]]
+    record = json.loads((tmp_path / "sweep" / "0" / "hardware.json").read_text())
+    assert record["detected"]["allowed_cpus"] == ",".join(map(str, jobs[0]["affinity"]))
+
+
+@needs_two_cpus
+@pytest.mark.slow  # two TensorFlow imports in fresh processes
+def test_each_sweep_jobs_tensorflow_gets_its_share(tmp_path: Path) -> None:
+    proc = multirun(tmp_path, "hydra.launcher.n_jobs=2", "x=1,2", "use_tf=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = reports(tmp_path)
+    assert [j["x"] for j in jobs] == [1, 2]
+    assert set(jobs[0]["affinity"]).isdisjoint(jobs[1]["affinity"])
     for job in jobs:
         share = len(job["affinity"])
         assert job["plan_intra"] == share
@@ -137,10 +159,6 @@ def test_two_job_multirun_runs_separate_processes_on_disjoint_cpus(tmp_path: Pat
         assert job["tf_compute_threads"] == 1
         assert job["env"]["OMP_NUM_THREADS"] == str(share)
         assert job["env"]["TF_NUM_INTRAOP_THREADS"] == str(share)
-    # n_jobs=2: they ran at the same time.
-    assert jobs[0]["start"] < jobs[1]["end"] and jobs[1]["start"] < jobs[0]["end"]
-    record = json.loads((tmp_path / "sweep" / "0" / "hardware.json").read_text())
-    assert record["detected"]["allowed_cpus"] == ",".join(map(str, jobs[0]["affinity"]))
 
 
 def test_jobs_get_their_own_thread_counts(tmp_path: Path) -> None:

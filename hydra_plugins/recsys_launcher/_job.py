@@ -28,7 +28,7 @@ import sys
 
 # Pin first: nothing below may start threads or import TensorFlow before this.
 if __name__ == "__main__" and len(sys.argv) >= 3 and sys.argv[1] == "--cpus" and sys.argv[2]:
-    from recsys.launch import pin_to_cpus  # light: no TensorFlow
+    from recsys.hardware import pin_to_cpus  # light: no TensorFlow
 
     pin_to_cpus(int(c) for c in sys.argv[2].split(","))
 

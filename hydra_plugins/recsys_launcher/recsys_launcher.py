@@ -8,7 +8,7 @@ Select it with ``hydra/launcher=recsys``::
 Each job runs in a fresh Python process (see :mod:`hydra_plugins.recsys_launcher._job`),
 ``n_jobs`` at a time. The allowed CPUs are split into ``n_jobs`` disjoint sets of whole
 cores (:func:`recsys.hardware.split_cpus`); a job's process is pinned to its set and
-started with a hardware plan made for it (:func:`recsys.launch.make_plan`): thread
+started with a hardware plan made for it (:func:`recsys.hardware.make_plan`): thread
 counts for its share, plus whatever the job's own ``hardware`` config node asks. Each
 job's :class:`~hydra.core.utils.JobReturn` (status and return value) comes back to Hydra
 as with the basic launcher; a job that raises or whose process dies is returned as
@@ -41,8 +41,16 @@ from hydra_plugins.recsys_launcher._job import (
     task_reference,
     write_payload,
 )
-from recsys.hardware import Hardware, detect, format_cpu_list, split_cpus
-from recsys.launch import HardwareConfig, Plan, make_plan, without_launcher_values
+from recsys.hardware import (
+    Hardware,
+    HardwareConfig,
+    Plan,
+    detect,
+    format_cpu_list,
+    make_plan,
+    split_cpus,
+    without_launcher_values,
+)
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from recsys.hardware import detect, format_cpu_list, split_cpus
-from recsys.launch import LAUNCHER_KEYS_VAR, make_plan
+from recsys.hardware import LAUNCHER_KEYS_VAR, detect, format_cpu_list, make_plan, split_cpus
 
 #: Variables the plan may set; removed for the "TensorFlow defaults" baseline.
 PLAN_VARS = (

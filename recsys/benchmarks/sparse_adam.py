@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recsys.hardware import free_memory_bytes
+
 BATCH_IDS = 4096
 ROWS = (20_000, 1_000_000, 10_000_000)
 DIMS = (64, 128)
@@ -44,17 +46,6 @@ KINDS = ("sparse_adam", "keras_adam")
 ALL_KINDS = (*KINDS, "sparse_adam_unfused")
 DISTRIBUTIONS = ("uniform", "zipf")
 ZIPF_EXPONENT = 1.1
-
-
-def _available_memory_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
 def estimated_bytes(rows: int, dim: int, kind: str) -> int:
@@ -337,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     for dim in dims:
         for rows in rows_list:
             for kind in kinds:
-                need, have = estimated_bytes(rows, dim, kind), _available_memory_bytes()
-                if need > 0.85 * have:
+                # Free memory now, capped by the container's memory limit (cgroups).
+                need, have = estimated_bytes(rows, dim, kind), free_memory_bytes()
+                if have is not None and need > 0.85 * have:
                     skipped.append(
                         f"{kind} at {rows:,} x {dim}: needs about {need / 2**30:.1f} GiB, "
                         f"{have / 2**30:.1f} GiB available"

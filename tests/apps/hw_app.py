@@ -3,6 +3,11 @@
 Run as a script (``python tests/apps/hw_app.py -m hydra/launcher=recsys x=1,2``) or call
 :func:`task` through Hydra's API. Each job writes ``report.json`` into its output dir
 and returns a small dict.
+
+With ``wait_for_jobs=N`` each job leaves a ``started`` marker in its output dir and
+waits until N jobs of the sweep have left one (or ``wait_timeout`` seconds pass); its
+report lists the jobs it saw started, so a test proves that jobs ran at the same time
+from events, not from clock readings.
 """
 
 import json
@@ -22,6 +27,7 @@ REPORTED_ENV = (
     "KMP_BLOCKTIME",
     "LD_PRELOAD",
     "RECSYS_LAUNCH_SET",
+    "TF_CPP_MIN_LOG_LEVEL",
 )
 
 
@@ -37,11 +43,21 @@ def thread_names() -> dict[str, int]:
     return counts
 
 
+def started_jobs(out: Path, x: int, wait_for: int, timeout: float) -> list[int]:
+    """Leave this job's start marker, wait for ``wait_for`` markers, return their xs."""
+    (out / "started").write_text(str(x))
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = sorted(int(p.read_text()) for p in out.parent.glob("*/started"))
+        if len(seen) >= wait_for or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.05)
+
+
 def task(cfg: DictConfig) -> dict:
-    from recsys.launch import apply_hardware_plan, configure_tensorflow_threads
+    from recsys.hardware import apply_hardware_plan, configure_tensorflow_threads
 
     out = Path(HydraConfig.get().runtime.output_dir)
-    start = time.time()
     plan = apply_hardware_plan(cfg.hardware, run_dir=out, quiet=True)
     report = {
         "x": cfg.x,
@@ -51,7 +67,6 @@ def task(cfg: DictConfig) -> dict:
         "env": {k: os.environ.get(k) for k in REPORTED_ENV},
         "plan_intra": plan.intra_op_threads,
         "plan_inter": plan.inter_op_threads,
-        "start": start,
     }
     if cfg.use_tf:
         from recsys._tf import tf
@@ -66,8 +81,10 @@ def task(cfg: DictConfig) -> dict:
         raise ValueError(f"job asked to fail (x={cfg.x})")
     if cfg.crash:
         os._exit(3)
-    time.sleep(float(cfg.sleep))
-    report["end"] = time.time()
+    if cfg.wait_for_jobs:
+        report["started_jobs"] = started_jobs(
+            out, cfg.x, int(cfg.wait_for_jobs), float(cfg.wait_timeout)
+        )
     (out / "report.json").write_text(json.dumps(report))
     return {"x": cfg.x, "pid": os.getpid(), "intra": plan.intra_op_threads}
 

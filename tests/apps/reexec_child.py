@@ -24,7 +24,7 @@ def main() -> None:
             )
             + "\n"
         )
-    from recsys.launch import apply_hardware_plan
+    from recsys.hardware import apply_hardware_plan
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -26,14 +26,14 @@ def thread_names() -> dict[str, int]:
 def main() -> None:
     plan = None
     if sys.argv[1:2] == ["--apply"]:
-        from recsys.launch import apply_hardware_plan
+        from recsys.hardware import apply_hardware_plan
 
         plan = apply_hardware_plan(json.loads(sys.argv[2]), quiet=True)
     from recsys._tf import tf
 
     configured = None
     if plan is not None:
-        from recsys.launch import configure_tensorflow_threads
+        from recsys.hardware import configure_tensorflow_threads
 
         configured = list(configure_tensorflow_threads(plan))
     a = tf.random.normal([128, 128])
