@@ -100,8 +100,8 @@ class Plan:
     """The decided threading environment for one process.
 
     Build it with :func:`make_plan`; apply it with
-    :func:`~recsys.hardware.apply_hardware_plan` (in a
-    Python entry point) or ``python -m recsys.launch -- CMD`` (for any command).
+    :func:`~recsys.hardware.apply_hardware_plan` (in a Python entry point) or
+    ``python -m recsys.launch -- CMD`` (for any command).
 
     Args:
         hardware: the machine the plan was made for (already restricted to ``cpus``).
