@@ -18,6 +18,9 @@ from recsys.hardware import LAUNCHER_KEYS_VAR, Core, Hardware
 
 REPO = Path(__file__).parents[1]
 APP = Path(__file__).parent / "apps" / "hw_app.py"
+# The app's module name follows how pytest imported this file: "tests.apps.hw_app" when
+# tests/ is a package, "apps.hw_app" when tests/ itself is on sys.path.
+APP_MODULE = f"{__package__}.apps.hw_app" if __package__ else "apps.hw_app"
 SERVER = Hardware(
     allowed_cpus=tuple(range(8)),
     online_cpus=tuple(range(8)),
@@ -102,11 +105,11 @@ def test_job_plan_follows_the_share_and_the_jobs_own_hardware_node() -> None:
 
 
 def test_task_reference_unwraps_hydra_main_and_rejects_lambdas() -> None:
-    app = importlib.import_module("apps.hw_app")
+    app = importlib.import_module(APP_MODULE)
     ref = task_reference(app.main.__wrapped__)
-    assert ref == TaskRef(module="apps.hw_app", qualname="main", unwrap=1)
+    assert ref == TaskRef(module=APP_MODULE, qualname="main", unwrap=1)
     assert resolve_task(ref) is app.main.__wrapped__
-    assert task_reference(app.task) == TaskRef(module="apps.hw_app", qualname="task", unwrap=0)
+    assert task_reference(app.task) == TaskRef(module=APP_MODULE, qualname="task", unwrap=0)
     with pytest.raises(ValueError, match="define it at module level"):
         task_reference(lambda cfg: cfg)
 
@@ -235,7 +238,7 @@ def in_process_multirun(tmp_path: Path, task, *overrides: str):
 def test_return_values_come_back_to_hydra(tmp_path: Path, hydra_state) -> None:
     from hydra.core.utils import JobStatus
 
-    app = importlib.import_module("apps.hw_app")
+    app = importlib.import_module(APP_MODULE)
     (batch,) = in_process_multirun(tmp_path, app.task, "x=3,4", "hydra.launcher.n_jobs=2")
     assert [r.status for r in batch] == [JobStatus.COMPLETED] * 2
     values = [r.return_value for r in batch]
@@ -247,7 +250,7 @@ def test_return_values_come_back_to_hydra(tmp_path: Path, hydra_state) -> None:
 
 
 def test_failed_job_exception_reaches_hydra(tmp_path: Path, hydra_state) -> None:
-    app = importlib.import_module("apps.hw_app")
+    app = importlib.import_module(APP_MODULE)
     with pytest.raises(ValueError, match=r"job asked to fail \(x=5\)") as info:
         in_process_multirun(tmp_path, app.task, "x=5", "fail=true")
     assert any("Traceback in the job's process" in n for n in getattr(info.value, "__notes__", []))
