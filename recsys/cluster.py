@@ -128,10 +128,10 @@ def local_server_env(
 
 
 def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """Cores worth computing on (affinity, cgroup quota, physical cores: the hardware plan's view)."""
+    from recsys.hardware import detect
+
+    return detect().compute_threads
 
 
 # ----------------------------------------------------------------------------- serve

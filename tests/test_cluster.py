@@ -675,17 +675,19 @@ results = {"initial_table": initial[0], "ids": ids}
 for jit in (True, False):
     with strategy.scope():
         inputs = keras.Input(shape=(3,), dtype="int32")
-        x = keras.layers.Flatten()(Embedding(600, 8)(inputs))
-        model = keras.Model(inputs, keras.layers.Dense(1)(x))
-        for variable, value in zip(model.weights, initial):
+        embedding, dense = Embedding(600, 8), keras.layers.Dense(1)
+        model = keras.Model(inputs, dense(keras.layers.Flatten()(embedding(inputs))))
+        # Not model.weights: under PSS it lists the shards of the table, not the table.
+        weights = [embedding.embeddings, dense.kernel, dense.bias]
+        for variable, value in zip(weights, initial):
             variable.assign(value)
         model.compile(optimizer=SparseAdam(0.01, jit_compile=jit), loss="mse")
         build_optimizer_slots(model.optimizer, model.trainable_variables)
     if kind == "parameter_server":
-        assert len(model.layers[1].embeddings.variables) == 2, "the table must be sharded"
+        assert len(embedding.embeddings.variables) == 2, "the table must be sharded"
     history = model.fit(dataset_creator(batches), epochs=2, steps_per_epoch=steps_per_epoch(96, 16), verbose=0)
     results[f"loss_{jit}"] = np.array(history.history["loss"])
-    for i, variable in enumerate(model.weights):
+    for i, variable in enumerate(weights):
         results[f"weight{i}_{jit}"] = full(variable)
     for i, variable in enumerate(model.optimizer.variables):
         results[f"opt{i}_{jit}"] = full(variable)
