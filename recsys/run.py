@@ -16,7 +16,7 @@ of one run::
       items.parquet           item ids and titles, for ``python -m recsys.recommend``
 
 This module does not import TensorFlow (the training loop's Keras callbacks live in
-:mod:`recsys.callbacks`), so it is safe to use before the hardware plan is applied.
+:mod:`recsys.training`), so it is safe to use before the hardware plan is applied.
 """
 
 from __future__ import annotations

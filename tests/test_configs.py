@@ -16,7 +16,8 @@ import hydra
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf, open_dict
-from train_fixtures import CONF_DIR, PROJECT_ROOT, compose_train, process_state_restored
+
+from tests.helpers.training import CONF_DIR, PROJECT_ROOT, compose_train, process_state_restored
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 

@@ -8,12 +8,14 @@ import pytest
 
 import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from recsys._tf import keras, tf
+from recsys.data.contract import InteractionData, TextData, positions
+from recsys.data.frames import FrameInteractionData, FrameTextData
 from recsys.models import FeatureStore, RankingModel, RetrievalModel, TextClassifier
 from recsys.optimizers import SparseAdam
 
 
-class FakeMovieLens:
-    """The attributes of a set-up `recsys.data.MovieLensDataModule`, on random data."""
+class FakeMovieLens(FrameInteractionData):
+    """The model-data contract (`recsys.data.InteractionData`) on random ratings."""
 
     def __init__(self, num_users=25, num_items=40, n=600, seed=0, batch_size=64):
         rng = np.random.default_rng(seed)
@@ -42,20 +44,33 @@ class FakeMovieLens:
                 ],
             }
         )
-        self.user_vocabulary = np.array(sorted(frame["user_id"].unique()))
-        self.item_vocabulary = np.array(sorted(self.items["item_id"]))
         self.batch_size = batch_size
 
-    def train_dataset(self, shuffle=True):
-        columns = {c: self.train[c].to_numpy() for c in ("user_id", "item_id", "rating")}
+    def setup(self):
+        return self
+
+    def item_table(self):
+        return self.items
+
+    def _dataset(self, frame, shuffle=False):
+        columns = {c: frame[c].to_numpy() for c in ("user_id", "item_id", "rating")}
         ds = tf.data.Dataset.from_tensor_slices(columns)
         if shuffle:
-            ds = ds.shuffle(len(self.train), seed=0)
+            ds = ds.shuffle(len(frame), seed=0)
         return ds.batch(self.batch_size)
 
+    def train_dataset(self, shuffle=True):
+        return self._dataset(self.train, shuffle)
 
-class FakeImdb:
-    """The attributes of a set-up `recsys.data.ImdbDataModule`, on made-up reviews."""
+    def val_dataset(self):
+        return self._dataset(self.val)
+
+    def test_dataset(self):
+        return self._dataset(self.test)
+
+
+class FakeImdb(FrameTextData):
+    """The model-data contract (`recsys.data.TextData`) on made-up reviews."""
 
     def __init__(self, n=120, seed=0, batch_size=16):
         rng = np.random.default_rng(seed)
@@ -75,16 +90,35 @@ class FakeImdb:
         self.val = frame.iloc[:0]
         self.batch_size = batch_size
 
-    def train_dataset(self, shuffle=True):
+    def setup(self):
+        return self
+
+    def _dataset(self, frame):
         ds = tf.data.Dataset.from_tensor_slices(
-            (self.train["text"].to_numpy(), self.train["label"].to_numpy().astype("float32"))
+            (frame["text"].to_numpy(), frame["label"].to_numpy().astype("float32"))
         )
         return ds.batch(self.batch_size)
+
+    def train_dataset(self, shuffle=True):
+        return self._dataset(self.train)
+
+    def val_dataset(self):
+        return self._dataset(self.val)
+
+    def test_dataset(self):
+        return self._dataset(self.test)
 
 
 @pytest.fixture(scope="module")
 def movielens():
     return FakeMovieLens()
+
+
+def test_the_fakes_honour_the_model_data_contract(movielens, imdb):
+    # isinstance on a runtime-checkable Protocol checks the members exist.
+    assert isinstance(movielens, InteractionData)
+    assert isinstance(imdb, TextData)
+    assert not isinstance(imdb, InteractionData)
 
 
 @pytest.fixture(scope="module")
@@ -159,15 +193,14 @@ def test_retrieval_metrics_and_export(movielens, retrieval, tmp_path):
 
 def test_retrieval_top_k_accuracy_matches_reference(movielens, retrieval):
     from recsys import evaluation
-    from recsys.models._common import index_of
 
     model, _ = retrieval
     users, items = np.array(sorted(model.user_ids)), np.array(sorted(model.item_ids))
     got = evaluation.retrieval_metrics(
         model.user_embeddings(tf.constant(users)).numpy(),
         model.item_embeddings(tf.constant(items)).numpy(),
-        index_of(users, movielens.test["user_id"]),
-        index_of(items, movielens.test["item_id"]),
+        positions(users, movielens.test["user_id"]),
+        positions(items, movielens.test["item_id"]),
         top_accuracy_ks=[10],
         recall_ks=[],
         ndcg_ks=[],
@@ -257,7 +290,8 @@ def test_ranking_biases_fit_a_known_model():
     )
     model.compile(optimizer=SparseAdam(0.05))
     model.fit(data.train_dataset(), epochs=150, verbose=0)
-    train_rmse = model.evaluate_metrics(type("D", (), {"test": data.train})())["test/rmse"]
+    data.test = data.train  # score the training rows (the contract caches on first use)
+    train_rmse = model.evaluate_metrics(data)["test/rmse"]
     assert train_rmse < 0.05
 
 

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from train_fixtures import compose_train, process_state_restored
 
 from recsys._tf import tf
 from recsys.recommend import main, recommend
 from recsys.train import train
+from tests.helpers.training import compose_train, process_state_restored
 
 
 @pytest.fixture(autouse=True)

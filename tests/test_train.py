@@ -1,4 +1,4 @@
-"""recsys.train's loop and artifacts, on fake data and a fake model (tests/train_fixtures.py).
+"""recsys.train's loop and artifacts, on fake data and a fake model (tests/helpers/training.py).
 
 What is checked: every artifact of a run lands in the run directory with the names
 scripts rely on; ``main`` returns the optimized metric; a run interrupted mid-epoch
@@ -8,6 +8,7 @@ an uninterrupted run; the command line resumes too; a 2-point multirun works.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -19,17 +20,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from train_fixtures import (
+
+from recsys.recommend import recommend
+from recsys.train import main, train
+from tests.helpers.training import (
+    PROJECT_ROOT,
     TESTS_DIR,
+    SimulatedFault,
     compose_train,
+    fault_after,
     process_state_restored,
     write_tiny_imdb,
     write_tiny_movielens,
 )
-
-from recsys.callbacks import SimulatedFault
-from recsys.recommend import recommend
-from recsys.train import main, train
 
 # FakeDataModule: 240 ratings, 70% train = 168 rows, batch 16 -> 11 batches per epoch.
 STEPS_PER_EPOCH = 11
@@ -109,7 +112,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_state(tmp_path: Path) -> N
 
     run_dir = tmp_path / "interrupted"
     # Fails three steps into the second epoch, after epoch 1's checkpoint.
-    fault = f"trainer.fault_after_batches={STEPS_PER_EPOCH + 3}"
+    fault = fault_after(STEPS_PER_EPOCH + 3)
     with pytest.raises(SimulatedFault):
         train(compose_train([*common, fault], run_dir=run_dir, fake=True))
     assert not (run_dir / "metrics.json").exists()
@@ -179,7 +182,7 @@ def _cli(args: list[str], cwd: Path, multirun: bool = False) -> subprocess.Compl
     """Run ``python -m recsys.train`` with the fake data/model configs, from ``cwd``."""
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     fake = [
@@ -203,7 +206,7 @@ def _cli(args: list[str], cwd: Path, multirun: bool = False) -> subprocess.Compl
 def test_command_line_run_killed_then_rerun_resumes(tmp_path: Path) -> None:
     run_dir = tmp_path / "cli run"  # a space: paths must survive the override parser
     args = ["trainer.epochs=2", f"hydra.run.dir='{run_dir}'"]
-    failed = _cli([*args, f"trainer.fault_after_batches={STEPS_PER_EPOCH + 1}"], cwd=tmp_path)
+    failed = _cli([*args, fault_after(STEPS_PER_EPOCH + 1)], cwd=tmp_path)
     assert failed.returncode != 0
     assert "SimulatedFault" in failed.stderr
     assert not (run_dir / "metrics.json").exists()
@@ -241,6 +244,19 @@ def test_multirun_two_learning_rates(tmp_path: Path) -> None:
         assert f"learning_rate: {lr}" in (job_dir / "config.yaml").read_text()
     assert rmse[0] != rmse[1]
     assert (sweep_dir / "multirun.yaml").is_file()
+
+    # The sweep ends with one summary row per job: printed, and as CSV in the sweep dir.
+    with (sweep_dir / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["job"] for r in rows] == ["0", "1"]
+    for row, lr, value in zip(rows, ("0.001", "0.03"), rmse, strict=True):
+        assert f"optimizer.learning_rate={lr}" in row["overrides"]
+        assert row["optimized_metric"] == "val/rmse"
+        assert float(row["value"]) == pytest.approx(value)
+        assert row["status"] == "ok"
+        assert Path(row["run_dir"]) == sweep_dir / row["job"]
+    assert "Sweep summary" in done.stdout
+    assert str(sweep_dir / "1") in done.stdout
 
 
 # ------------------------------------------------------------ the real experiments
@@ -349,7 +365,7 @@ def test_real_retrieval_run_resumes(tiny_datasets: dict[str, Path], tmp_path: Pa
     steps = sum(1 for _ in reference["datamodule"].train_dataset())
     run_dir = tmp_path / "interrupted"
     with pytest.raises(SimulatedFault):
-        train(compose_train([*common, f"trainer.fault_after_batches={steps + 2}"], run_dir=run_dir))
+        train(compose_train([*common, fault_after(steps + 2)], run_dir=run_dir))
     metrics, resumed = train(compose_train(common, run_dir=run_dir))
 
     written = json.loads((run_dir / "metrics.json").read_text())

@@ -7,6 +7,9 @@
 - :mod:`recsys.data.sources`: download, checksum, cache, mirrors, safe extraction, and
   the one order of routes (local path, cache, official URL, mirrors) every dataset uses.
 - :mod:`recsys.data.vocabulary`: the sorted id vocabularies lookups are built from.
+- :mod:`recsys.data.contract`: what the models read from a data module
+  (:class:`InteractionData`, :class:`TextData` and their containers); a new data
+  source implements it.
 - :mod:`recsys.data.pipelines`: tf.data pipelines, lookups, text vectorization.
 
 Importing this package does not import TensorFlow; only :mod:`recsys.data.pipelines`
@@ -20,6 +23,13 @@ Example:
 """
 
 from recsys.data import splits
+from recsys.data.contract import (
+    Catalogue,
+    Histories,
+    InteractionData,
+    Interactions,
+    TextData,
+)
 from recsys.data.imdb import Imdb, load_imdb
 from recsys.data.modules import ImdbDataModule, MovieLensDataModule
 from recsys.data.movielens import VARIANTS, MovieLens, load_movielens
@@ -37,16 +47,21 @@ from recsys.data.sources import (
 
 __all__ = [
     "VARIANTS",
+    "Catalogue",
     "ChecksumError",
     "DataError",
     "DatasetUnavailableError",
     "DownloadError",
+    "Histories",
     "Imdb",
     "ImdbDataModule",
+    "InteractionData",
+    "Interactions",
     "MalformedDataError",
     "MissingMemberError",
     "MovieLens",
     "MovieLensDataModule",
+    "TextData",
     "UnsafeArchiveError",
     "load_imdb",
     "load_movielens",

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.data import splits
+from recsys.data.frames import FrameInteractionData, FrameTextData
 from recsys.data.imdb import Imdb, load_imdb
 from recsys.data.movielens import MovieLens, get_variant, load_movielens
 from recsys.data.vocabulary import vocabulary
@@ -57,8 +58,12 @@ class _SplitDatasets:
         return self._dataset(self.test, False)
 
 
-class MovieLensDataModule(_SplitDatasets):
+class MovieLensDataModule(FrameInteractionData, _SplitDatasets):
     """MovieLens ratings, split into train / val / test, as tf.data pipelines.
+
+    Provides what the retrieval and ranking models read
+    (:class:`recsys.data.InteractionData`): the catalogue is the item table (title,
+    year, genres), the splits' rows come from the rating frames.
 
     Vocabularies: ``user_vocabulary`` holds the users of the train split only (users
     seen only in val/test map to the OOV index); ``item_vocabulary`` holds every item
@@ -120,7 +125,6 @@ class MovieLensDataModule(_SplitDatasets):
         self.train: pd.DataFrame | None = None
         self.val: pd.DataFrame | None = None
         self.test: pd.DataFrame | None = None
-        self._user_vocabulary: np.ndarray | None = None
         self._item_vocabulary: np.ndarray | None = None
 
     def __repr__(self) -> str:
@@ -171,18 +175,14 @@ class MovieLensDataModule(_SplitDatasets):
         """The item catalogue (item_id, title, year, genres)."""
         return self._loaded().items
 
+    def item_table(self) -> pd.DataFrame:
+        """The item table the catalogue is built from (:meth:`items`)."""
+        return self.items
+
     @property
     def users(self) -> pd.DataFrame:
         """User features (empty for releases without them)."""
         return self._loaded().users
-
-    @property
-    def user_vocabulary(self) -> np.ndarray:
-        """Sorted unique user ids of the train split."""
-        self.setup()
-        if self._user_vocabulary is None:
-            self._user_vocabulary = vocabulary(self.train["user_id"])
-        return self._user_vocabulary
 
     @property
     def item_vocabulary(self) -> np.ndarray:
@@ -222,8 +222,10 @@ class MovieLensDataModule(_SplitDatasets):
         return candidates_dataset(self.items, batch_size)
 
 
-class ImdbDataModule(_SplitDatasets):
+class ImdbDataModule(FrameTextData, _SplitDatasets):
     """IMDB reviews as ``(raw_text, label)`` tf.data pipelines plus a text vectorizer.
+
+    Provides what the text model reads (:class:`recsys.data.TextData`).
 
     Args:
         path: Local aclImdb tarball or folder (e.g. the shared

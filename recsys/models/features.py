@@ -17,7 +17,7 @@ import pandas as pd
 
 from recsys._tf import keras, tf
 
-__all__ = ["FeatureStore", "catalogue", "item_columns", "user_histories"]
+__all__ = ["FeatureStore"]
 
 
 @keras.saving.register_keras_serializable(package="recsys")
@@ -103,54 +103,3 @@ class FeatureStore(keras.layers.Layer):
         config.pop("trainable", None)
         config.update(keys=list(self.keys), columns={k: list(v) for k, v in self.columns.items()})
         return config
-
-
-def user_histories(train: pd.DataFrame, users: Sequence[str]) -> list[list[str]]:
-    """Each user's training items, in timestamp order (empty for unseen users)."""
-    frame = train
-    if "timestamp" in frame.columns:
-        frame = frame.sort_values("timestamp", kind="stable")
-    grouped = frame.groupby("user_id", sort=False)["item_id"].agg(list)
-    return [list(map(str, grouped.get(u, []))) for u in users]
-
-
-def catalogue(data: Any) -> np.ndarray:
-    """Every item id the data module knows, sorted: the retrieval corpus."""
-    ids: set[str] = set(map(str, data.item_vocabulary))
-    items = getattr(data, "items", None)
-    if items is not None and "item_id" in items:
-        ids |= set(map(str, items["item_id"]))
-    for split in ("train", "val", "test"):
-        frame = getattr(data, split, None)
-        if frame is not None and len(frame):
-            ids |= set(map(str, frame["item_id"]))
-    return np.array(sorted(ids), dtype=object)
-
-
-def item_columns(data: Any, item_ids: Sequence[str], columns: Sequence[str]) -> dict[str, list]:
-    """The requested columns of `data.items`, aligned to `item_ids`."""
-    items = getattr(data, "items", None)
-    if items is None or not len(items):
-        raise ValueError(
-            f"Item features {list(columns)} need `data.items`; the data module has none."
-        )
-    items = items.assign(item_id=items["item_id"].astype(str)).drop_duplicates("item_id")
-    items = items.set_index("item_id").reindex(list(item_ids))
-    out: dict[str, list] = {}
-    for column in columns:
-        if column not in items:
-            raise ValueError(
-                f"`data.items` has no column {column!r}; it has {list(items.columns)}."
-            )
-        values = items[column]
-        if column == "genres":
-            out[column] = [
-                list(v) if isinstance(v, list | tuple | np.ndarray) else [] for v in values
-            ]
-        elif column == "title":
-            out[column] = ["" if pd.isna(v) else str(v) for v in values]
-        else:
-            out[column] = [
-                float(v) if not pd.isna(v) else 0.0 for v in pd.to_numeric(values, errors="coerce")
-            ]
-    return out

@@ -6,12 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import tensorflow_recommenders as tfrs
 
 from recsys import evaluation
 from recsys._tf import keras, tf
-from recsys.models._common import check_choice, check_nonnegative, check_positive_int
+from recsys.checks import check_choice, check_nonnegative, check_positive_int
+from recsys.data.contract import Histories, InteractionData, positions
+from recsys.data.vocabulary import vocabulary
+from recsys.models._common import check_eval_split
 from recsys.models.features import FeatureStore
 from recsys.towers import FeatureEmbedding, Tower
 
@@ -31,15 +33,16 @@ class RankingModel(tfrs.Model):
 
     Example:
 
-    >>> model = RankingModel(data)  # data: a set-up MovieLensDataModule
+    >>> model = RankingModel(data)  # data: recsys.data.InteractionData, e.g. MovieLens
     >>> model.compile(optimizer=recsys.optimizers.SparseAdam(0.003))
     >>> model.fit(data.train_dataset(), epochs=9)  # with data batch_size=512
     >>> model.evaluate_metrics(data)  # {'test/rmse': ..., 'test/mae': ...}
     >>> model.export("/tmp/ranking")  # serving_default: (user_id, item_id) -> rating
 
     Args:
-        data: A set-up data module with `train`/`test` DataFrames (``user_id``,
-            ``item_id``, ``rating``), `user_vocabulary` and `item_vocabulary`.
+        data: What the model reads (:class:`recsys.data.InteractionData`): the
+            training users, the item catalogue and the training interactions with
+            their ratings.
         embedding_dim: Width of the user and item factors.
         use_biases: Whether to learn user and item biases.
         use_history: Add the pooled embeddings of the user's training items to the user
@@ -66,7 +69,7 @@ class RankingModel(tfrs.Model):
 
     def __init__(
         self,
-        data: Any,
+        data: InteractionData,
         embedding_dim: int = 32,
         use_biases: bool = True,
         use_history: bool = True,
@@ -86,39 +89,48 @@ class RankingModel(tfrs.Model):
         check_nonnegative("factors_l2", factors_l2)
         check_nonnegative("bias_l2", bias_l2)
         check_nonnegative("init_stddev", init_stddev)
-        train = data.train
-        ratings = train["rating"].to_numpy(dtype=np.float64)
-        if ratings.size == 0:
-            raise ValueError("The data module's training split is empty.")
+        train = data.interactions("train")
+        if train.ratings is None or not len(train):
+            raise ValueError(
+                "RankingModel needs training interactions with ratings; the data's training "
+                f"split has {len(train)} rows and {'no' if train.ratings is None else ''} ratings."
+            )
+        ratings = train.ratings.astype(np.float64)
         self.global_mean = float(ratings.mean())
         self.min_rating = float(ratings.min())
         self.max_rating = float(ratings.max())
-        self.user_ids = np.array(sorted(set(map(str, data.user_vocabulary))), dtype=object)
-        self.item_ids = np.array(sorted(set(map(str, data.item_vocabulary))), dtype=object)
+        catalogue = data.catalogue()
+        self.user_ids = vocabulary(data.user_vocabulary)
+        self.item_ids = catalogue.ids
         self.use_biases = bool(use_biases)
         self.use_history = bool(use_history)
         initializer = {"class_name": "RandomNormal", "config": {"stddev": float(init_stddev)}}
 
         self.use_rated_history = bool(use_rated_history)
         self.use_item_rated_history = bool(use_item_rated_history)
-        frame = train.assign(
-            user_id=train["user_id"].astype(str), item_id=train["item_id"].astype(str)
-        )
-        item_bags = _bags(
-            frame, "user_id", self.user_ids, "item_id", self.item_ids, self.global_mean
-        )
+        # Rows of the history tables are catalogue (or user) positions + 1: row 0 is
+        # for unknown ids. Residuals are each rating minus the global mean.
+        residuals = (ratings - self.global_mean).astype(np.float32)
+        user_rows = positions(self.user_ids, train.users)[train.user_index]
+        item_rows = catalogue.rows(train.items)[train.item_index]
         user_columns: dict[str, Any] = {}
         if use_history or use_rated_history:
-            user_columns["history"] = item_bags[0]
-        if use_rated_history:
-            user_columns["rated_history_weights"] = item_bags[1]
+            in_catalogue = np.where(item_rows >= 0, user_rows, -1)
+            bags = Histories.group(self.user_ids, in_catalogue, item_rows + 1, residuals)
+            user_columns["history"] = bags.lists(self.user_ids)
+            if use_rated_history:
+                user_columns["rated_history_weights"] = bags.lists(self.user_ids, "ratings")
         self.user_store = FeatureStore(self.user_ids, user_columns, name="user_features")
         item_columns: dict[str, Any] = {}
         if use_item_rated_history:
-            rows, residuals = _bags(
-                frame, "item_id", self.item_ids, "user_id", self.user_ids, self.global_mean
+            known = user_rows >= 0
+            bags = Histories.group(
+                self.item_ids, np.where(known, item_rows, -1), user_rows + 1, residuals
             )
-            item_columns = {"raters": rows, "rater_weights": residuals}
+            item_columns = {
+                "raters": bags.lists(self.item_ids),
+                "rater_weights": bags.lists(self.item_ids, "ratings"),
+            }
         self.item_store = FeatureStore(self.item_ids, item_columns, name="item_features")
         table = {
             "embedding_dim": embedding_dim,
@@ -245,23 +257,21 @@ class RankingModel(tfrs.Model):
         losses = self.task(labels=labels, predictions=prediction[:, None])
         return tf.nn.compute_average_loss(losses)
 
-    def evaluate_metrics(self, data: Any, split: str = "test") -> dict[str, float]:
+    def evaluate_metrics(self, data: InteractionData, split: str = "test") -> dict[str, float]:
         """RMSE and MAE of clipped predictions on `split`: `{split}/rmse`, `{split}/mae`."""
-        check_choice("split", split, ("val", "test"))
-        frame: pd.DataFrame = getattr(data, split)
-        if frame is None or not len(frame):
-            raise ValueError(f"The data module's {split!r} split is empty.")
-        users = frame["user_id"].astype(str).to_numpy()
-        items = frame["item_id"].astype(str).to_numpy()
+        rows = data.interactions(check_eval_split(split))
+        if not len(rows) or rows.ratings is None:
+            raise ValueError(f"The data's {split!r} split is empty or has no ratings.")
+        users, items = rows.user_ids(), rows.item_ids()
         predictions = np.concatenate(
             [
                 self.predict_ratings(
                     tf.constant(users[i : i + 65536]), tf.constant(items[i : i + 65536])
                 ).numpy()
-                for i in range(0, len(frame), 65536)
+                for i in range(0, len(rows), 65536)
             ]
         )
-        truth = frame["rating"].to_numpy(dtype=np.float64)
+        truth = rows.ratings.astype(np.float64)
         return {
             f"{split}/rmse": evaluation.rmse(truth, predictions),
             f"{split}/mae": evaluation.mae(truth, predictions),
@@ -289,30 +299,6 @@ class _RankingExport(tf.Module):
     )
     def serve(self, user_id: Any, item_id: Any) -> dict[str, Any]:
         return {"rating": self.model.predict_ratings(user_id, item_id)}
-
-
-def _bags(
-    frame: pd.DataFrame,
-    key: str,
-    keys: np.ndarray,
-    member: str,
-    members: np.ndarray,
-    global_mean: float,
-) -> tuple[list[list[int]], list[list[float]]]:
-    """For each key: its members' rows (position + 1) and rating residuals."""
-    position = pd.Series(np.arange(1, len(members) + 1), index=members)
-    frame = frame[frame[member].isin(position.index)]
-    rows = position.reindex(frame[member]).to_numpy()
-    residuals = (frame["rating"].to_numpy(dtype=np.float64) - global_mean).astype(np.float32)
-    grouped_rows: dict[str, list[int]] = {}
-    grouped_residuals: dict[str, list[float]] = {}
-    for owner, row, residual in zip(frame[key].to_numpy(), rows, residuals, strict=True):
-        grouped_rows.setdefault(owner, []).append(int(row))
-        grouped_residuals.setdefault(owner, []).append(float(residual))
-    return (
-        [grouped_rows.get(k, []) for k in keys],
-        [grouped_residuals.get(k, []) for k in keys],
-    )
 
 
 def _leave_out(rows: Any, weights: Any, target: Any) -> tuple[Any, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,14 +10,11 @@ import tensorflow_recommenders as tfrs
 
 from recsys import evaluation
 from recsys._tf import keras, tf
-from recsys.models._common import (
-    check_choice,
-    check_nonnegative,
-    check_positive_int,
-    index_of,
-    seen_pairs,
-)
-from recsys.models.features import FeatureStore, catalogue, item_columns, user_histories
+from recsys.checks import check_choice, check_nonnegative, check_positive, check_positive_int
+from recsys.data.contract import Histories, InteractionData, positions
+from recsys.data.vocabulary import vocabulary
+from recsys.models._common import check_eval_split, seen_splits
+from recsys.models.features import FeatureStore
 from recsys.towers import ItemTower, UserTower
 
 __all__ = ["RetrievalModel"]
@@ -41,16 +37,17 @@ class RetrievalModel(tfrs.Model):
 
     Example:
 
-    >>> model = RetrievalModel(data)  # data: a set-up MovieLensDataModule
+    >>> model = RetrievalModel(data)  # data: recsys.data.InteractionData, e.g. MovieLens
     >>> model.compile(optimizer=recsys.optimizers.SparseAdam(0.003))
     >>> model.fit(data.train_dataset(), epochs=3)  # with data batch_size=2048
     >>> model.evaluate_metrics(data)  # {'test/top100_accuracy': ..., ...}
     >>> model.export("/tmp/retrieval")  # serving_default: user_id -> item_ids, scores
 
     Args:
-        data: A set-up data module with `train`, `test` (and `val`) DataFrames of
-            ``user_id``/``item_id`` strings, `user_vocabulary`, `item_vocabulary` and
-            optionally `items` (``item_id``, ``genres``, ``year``, ``title``).
+        data: What the model reads (:class:`recsys.data.InteractionData`): the
+            training users, the item catalogue (with ``genres``, ``year``, ``title``
+            features when `item_features` names them) and the training interactions
+            (histories in timestamp order, item frequencies).
         embedding_dim: Width of every feature embedding.
         output_dim: Width of the towers' last linear layer on top of the concatenated
             feature embeddings, or None for no MLP: each tower then sums its feature
@@ -79,7 +76,7 @@ class RetrievalModel(tfrs.Model):
 
     def __init__(
         self,
-        data: Any,
+        data: InteractionData,
         embedding_dim: int = 64,
         output_dim: int | None = None,
         hidden_units: Sequence[int] = (),
@@ -107,12 +104,7 @@ class RetrievalModel(tfrs.Model):
             )
         for feature in item_features:
             check_choice("item_features", feature, ITEM_FEATURES)
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, numbers.Real)
-            or temperature <= 0
-        ):
-            raise ValueError(f"`temperature` must be > 0. Received: temperature={temperature!r}")
+        check_positive("temperature", temperature)
         check_nonnegative("embeddings_l2", embeddings_l2)
         self.temperature = float(temperature)
         self.logq_correction = bool(logq_correction)
@@ -121,21 +113,28 @@ class RetrievalModel(tfrs.Model):
         self.use_history = bool(use_history)
         self.item_feature_names = list(item_features)
 
-        self.user_ids = np.array(sorted(set(map(str, data.user_vocabulary))), dtype=object)
-        self.item_ids = catalogue(data)
-        train = data.train
+        self.user_ids = vocabulary(data.user_vocabulary)
+        catalogue = data.catalogue()
+        self.item_ids = catalogue.ids
+        train = data.interactions("train")
         user_columns: dict[str, Any] = {}
         if use_history:
-            # Histories are kept as rows of the history table (catalogue position + 1;
-            # row 0 is for unknown items), so training compares integers, not strings.
-            position = {item: row + 1 for row, item in enumerate(self.item_ids)}
+            # Histories are kept as rows of the history table (catalogue row + 1; row 0
+            # is for unknown items), so training compares integers, not strings.
+            histories = Histories.from_interactions(
+                train, catalogue, users=self.user_ids, by_time=train.timestamps is not None
+            )
             user_columns["history"] = [
-                [position[i] for i in items] for items in user_histories(train, self.user_ids)
+                [row + 1 for row in bag] for bag in histories.lists(self.user_ids)
             ]
         self.user_store = FeatureStore(self.user_ids, user_columns, name="user_features")
-        columns = (
-            item_columns(data, self.item_ids, self.item_feature_names) if item_features else {}
-        )
+        missing = [f for f in self.item_feature_names if f not in catalogue.features]
+        if missing:
+            raise ValueError(
+                f"Item features {missing} are not in the data's catalogue, which has "
+                f"{sorted(catalogue.features)}. Drop them from `item_features`."
+            )
+        columns = {name: list(catalogue.features[name]) for name in self.item_feature_names}
         if "genres" in columns:
             genres = sorted({g for bag in columns["genres"] for g in bag})
         if "year" in columns:
@@ -172,11 +171,8 @@ class RetrievalModel(tfrs.Model):
             l2_normalize=l2_normalize,
             name="item_tower",
         )
-        counts = (
-            train["item_id"].astype(str).value_counts().reindex(self.item_ids).fillna(0).to_numpy()
-        )
-        # Sampling probability of each catalogue item as an in-batch candidate; items
-        # never seen in training get half a count so log(p) stays finite.
+        train_rows = catalogue.rows(train.items)[train.item_index]
+        counts = np.bincount(train_rows[train_rows >= 0], minlength=len(self.item_ids))
         probability = np.maximum(counts, 0.5) / max(float(counts.sum()), 1.0)
         self._item_lookup = keras.layers.StringLookup(
             vocabulary=list(self.item_ids), num_oov_indices=1, mask_token=None
@@ -266,29 +262,30 @@ class RetrievalModel(tfrs.Model):
         ]
         return np.concatenate(parts, axis=0)
 
-    def evaluate_metrics(self, data: Any, split: str = "test") -> dict[str, float]:
+    def evaluate_metrics(self, data: InteractionData, split: str = "test") -> dict[str, float]:
         """Exact full-catalogue metrics on `split` (see `recsys.evaluation`).
 
         Returns `{split}/top100_accuracy` (training items ranked too, as
         `tfrs.metrics.FactorizedTopK`), `{split}/recall@100` and `{split}/ndcg@10`
-        (training items excluded).
+        (the items the model saw before `split`, train and for test also val, excluded).
         """
-        check_choice("split", split, ("val", "test"))
-        frame = getattr(data, split)
-        if frame is None or not len(frame):
-            raise ValueError(f"The data module's {split!r} split is empty.")
-        users = np.array(sorted(set(self.user_ids) | set(map(str, frame["user_id"]))), dtype=object)
-        items = np.array(sorted(set(self.item_ids) | set(map(str, frame["item_id"]))), dtype=object)
-        user_vectors = self._all_embeddings(users, "user")
-        item_vectors = self._all_embeddings(items, "item")
-        seen = seen_pairs(data, split)
+        rows = data.interactions(check_eval_split(split))
+        if not len(rows):
+            raise ValueError(f"The data's {split!r} split is empty.")
+        users = vocabulary(np.concatenate([self.user_ids, rows.users]))
+        items = vocabulary(np.concatenate([self.item_ids, rows.items]))
+        seen = data.histories(seen_splits(split))
+        owner, members = seen.select(seen.keys)
+        seen_users = positions(users, seen.keys)[owner]
+        seen_items = positions(items, data.catalogue().ids)[members]
+        known = seen_users >= 0  # users seen only in val have no test pairs to rank
         return evaluation.retrieval_metrics(
-            user_vectors,
-            item_vectors,
-            index_of(users, frame["user_id"]),
-            index_of(items, frame["item_id"]),
-            index_of(users, seen["user_id"]),
-            index_of(items, seen["item_id"]),
+            self._all_embeddings(users, "user"),
+            self._all_embeddings(items, "item"),
+            positions(users, rows.users)[rows.user_index],
+            positions(items, rows.items)[rows.item_index],
+            seen_users[known],
+            seen_items[known],
             prefix=f"{split}/",
         )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,20 +9,15 @@ import numpy as np
 
 from recsys import evaluation
 from recsys._tf import keras, tf
+from recsys.checks import check_choice, check_fraction, check_positive_int
+from recsys.data.contract import TextData
 from recsys.layers import Embedding
-from recsys.models._common import check_choice, check_positive_int
+from recsys.layers.text import standardize_text
+from recsys.models._common import check_eval_split
 
-__all__ = ["TextClassifier", "standardize_review"]
+__all__ = ["TextClassifier"]
 
 BACKBONES = ("pooled", "cnn", "conv")
-
-
-@keras.saving.register_keras_serializable(package="recsys")
-def standardize_review(text: Any) -> Any:
-    """Lower-cases, replaces ``<br />`` by a space and strips punctuation."""
-    text = tf.strings.lower(text)
-    text = tf.strings.regex_replace(text, "<br />", " ")
-    return tf.strings.regex_replace(text, r"[!\"#$%&()\*\+,\-\./:;<=>?@\[\\\]\^_`{|}~']", "")
 
 
 class TextClassifier(keras.Model):
@@ -50,15 +44,15 @@ class TextClassifier(keras.Model):
 
     Example:
 
-    >>> model = TextClassifier(data)  # data: a set-up ImdbDataModule
+    >>> model = TextClassifier(data)  # data: recsys.data.TextData, e.g. IMDB
     >>> model.compile(optimizer=recsys.optimizers.SparseAdam(1e-3))
     >>> model.fit(data.train_dataset(), epochs=3)
     >>> model.evaluate_metrics(data)  # {'test/accuracy': ..., 'test/auc': ...}
     >>> model.export("/tmp/imdb")  # serving_default: text -> probability
 
     Args:
-        data: A set-up data module whose `train` DataFrame has ``text`` and ``label``;
-            with ``ngrams=1`` its `text_vectorizer()` is used when it has one.
+        data: What the model reads (:class:`recsys.data.TextData`): the training
+            texts, to adapt the vectorizer on (unless `vocabulary` is given).
         max_tokens: Vocabulary size (rows of the embedding table).
         sequence_length: Tokens kept per text (padded or truncated).
         ngrams: 1 for unigrams, 2 for unigrams and bigrams.
@@ -79,7 +73,7 @@ class TextClassifier(keras.Model):
 
     def __init__(
         self,
-        data: Any,
+        data: TextData,
         max_tokens: int = 20_000,
         sequence_length: int = 500,
         ngrams: int = 2,
@@ -100,12 +94,7 @@ class TextClassifier(keras.Model):
         check_choice("backbone", backbone, BACKBONES)
         check_positive_int("conv_filters", conv_filters)
         check_positive_int("conv_kernel_size", conv_kernel_size)
-        if (
-            isinstance(dropout, bool)
-            or not isinstance(dropout, numbers.Real)
-            or not 0 <= dropout < 1
-        ):
-            raise ValueError(f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}")
+        check_fraction("dropout", dropout, allow_zero=True)
         self.backbone = backbone
         self.vectorizer = self._make_vectorizer(
             data, max_tokens, sequence_length, ngrams, vocabulary
@@ -154,7 +143,7 @@ class TextClassifier(keras.Model):
 
     @staticmethod
     def _make_vectorizer(
-        data: Any,
+        data: TextData,
         max_tokens: int,
         sequence_length: int,
         ngrams: int,
@@ -162,7 +151,7 @@ class TextClassifier(keras.Model):
     ) -> Any:
         settings = {
             "max_tokens": max_tokens,
-            "standardize": standardize_review,
+            "standardize": standardize_text,
             "ngrams": None if ngrams == 1 else ngrams,
             "output_mode": "int",
             "output_sequence_length": sequence_length,
@@ -175,19 +164,11 @@ class TextClassifier(keras.Model):
                     f"{max_tokens - 2} fit (rows 0 and 1 are padding and OOV)."
                 )
             return keras.layers.TextVectorization(vocabulary=list(vocabulary), **settings)
-        if ngrams == 1 and hasattr(data, "text_vectorizer"):
-            vectorizer = data.text_vectorizer()
-            if (
-                vectorizer.vocabulary_size() <= max_tokens
-                and vectorizer.get_config().get("output_sequence_length") == sequence_length
-            ):
-                return vectorizer
-        train = getattr(data, "train", None)
-        if train is None or not len(train) or "text" not in train:
-            raise ValueError("TextClassifier needs `data.train` with a 'text' column to adapt on.")
+        texts, _ = data.texts("train")
+        if not len(texts):
+            raise ValueError("TextClassifier needs training texts to adapt its vectorizer on.")
         vectorizer = keras.layers.TextVectorization(**settings)
-        texts = tf.data.Dataset.from_tensor_slices(train["text"].astype(str).to_numpy())
-        vectorizer.adapt(texts.batch(2048))
+        vectorizer.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(2048))
         return vectorizer
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
@@ -252,14 +233,12 @@ class TextClassifier(keras.Model):
             ]
         )
 
-    def evaluate_metrics(self, data: Any, split: str = "test") -> dict[str, float]:
+    def evaluate_metrics(self, data: TextData, split: str = "test") -> dict[str, float]:
         """Accuracy (threshold 0.5) and exact ROC AUC on `split`."""
-        check_choice("split", split, ("val", "test"))
-        frame = getattr(data, split)
-        if frame is None or not len(frame):
-            raise ValueError(f"The data module's {split!r} split is empty.")
-        probabilities = self.predict_probabilities(frame["text"].astype(str).to_numpy())
-        labels = frame["label"].to_numpy()
+        texts, labels = data.texts(check_eval_split(split))
+        if not len(texts):
+            raise ValueError(f"The data's {split!r} split is empty.")
+        probabilities = self.predict_probabilities(texts)
         return {
             f"{split}/accuracy": evaluation.accuracy(labels, probabilities),
             f"{split}/auc": evaluation.auc(labels, probabilities),

@@ -1,3 +1,3 @@
-"""Fixtures of the data tests (defined in data_fixtures.py)."""
+"""Fixtures of the data tests (defined in tests/helpers/data.py)."""
 
-from data_fixtures import _isolated_data_dir, closed_port_url, http_server  # noqa: F401
+from tests.helpers.data import _isolated_data_dir, closed_port_url, http_server  # noqa: F401

@@ -9,11 +9,11 @@ import types
 
 import pandas as pd
 import pytest
-from data_fixtures import IMDB_REVIEWS, sha256, snapshot, tar_folder, write_imdb_folder
 
 from recsys.data import imdb
 from recsys.data.imdb import load_imdb
 from recsys.data.sources import DatasetUnavailableError, MalformedDataError, MissingMemberError
+from tests.helpers.data import IMDB_REVIEWS, sha256, snapshot, tar_folder, write_imdb_folder
 
 
 def _expected(split: str) -> pd.DataFrame:

@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from data_fixtures import (
+
+from recsys.data import movielens
+from recsys.data.movielens import load_movielens
+from recsys.data.sources import (
+    DatasetUnavailableError,
+    MalformedDataError,
+    MissingMemberError,
+    RemoteFile,
+)
+from tests.helpers.data import (
     ITEMS,
     OCC_1M_NAMES,
     RATINGS,
@@ -22,15 +31,6 @@ from data_fixtures import (
     write_ml_csv,
     write_ml_mirror,
     zip_folder,
-)
-
-from recsys.data import movielens
-from recsys.data.movielens import load_movielens
-from recsys.data.sources import (
-    DatasetUnavailableError,
-    MalformedDataError,
-    MissingMemberError,
-    RemoteFile,
 )
 
 EXPECTED_RATINGS = pd.DataFrame(

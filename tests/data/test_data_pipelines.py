@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import RATINGS, tar_folder, write_imdb_folder, write_ml100k_official
 
 import recsys  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from recsys._tf import tf
@@ -21,6 +20,7 @@ from recsys.data.pipelines import (
     text_dataset,
     text_vectorizer,
 )
+from tests.helpers.data import RATINGS, tar_folder, write_imdb_folder, write_ml100k_official
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
 

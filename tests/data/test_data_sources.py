@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from data_fixtures import make_mirror_wheel, sha256, snapshot, tar_with
 
 from recsys.data import sources
 from recsys.data.sources import (
@@ -29,6 +28,7 @@ from recsys.data.sources import (
     resolve_data_dir,
     safe_extract,
 )
+from tests.helpers.data import make_mirror_wheel, sha256, snapshot, tar_with
 
 PAYLOAD = os.urandom(300_000)
 

@@ -1,10 +1,12 @@
 """Test doubles and helpers for recsys.train's tests.
 
 :class:`FakeDataModule` and :class:`FakeModel` honour the contracts ``recsys.train``
-codes against (a data module with ``setup``/``*_dataset``/``items``; a Keras model
-with ``evaluate_metrics`` and ``export``) in a few dozen lines, so the training loop,
-checkpoints, resume and artifacts are tested without the real datasets or models.
-Configs for them live in ``tests/configs`` (``data=fake``, ``model=fake``).
+codes against (the model-data contract :class:`recsys.data.InteractionData`; a Keras
+model with ``evaluate_metrics`` and ``export``) in a few dozen lines, so the training
+loop, checkpoints, resume and artifacts are tested without the real datasets or
+models. Configs for them live in ``tests/configs`` (``data=fake``, ``model=fake``).
+:class:`FaultInjection` stands for a crash: tests add it through ``trainer.callbacks``
+(:func:`fault_after`), so the product config carries no fault switch.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from recsys._tf import keras, tf
+from recsys.data.frames import FrameInteractionData
 from recsys.run import register_resolvers
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 PROJECT_ROOT = TESTS_DIR.parent
 CONF_DIR = PROJECT_ROOT / "conf"
 TEST_CONF_DIR = TESTS_DIR / "configs"
@@ -71,7 +74,7 @@ def compose_train(
         extra.append(f"hydra.run.dir={run_dir}")
     register_resolvers()  # what importing recsys.train does for the command line
     GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+    with initialize_config_module(version_base="1.3", config_module="recsys.conf"):
         cfg = compose("train", overrides=[*extra, *overrides], return_hydra_config=True)
     if run_dir is not None:
         with open_dict(cfg):
@@ -80,7 +83,46 @@ def compose_train(
     return cfg
 
 
-class FakeDataModule:
+class SimulatedFault(RuntimeError):
+    """Raised by :class:`FaultInjection` to stand for a crash."""
+
+
+class FaultInjection(keras.callbacks.Callback):
+    """Raise :class:`SimulatedFault` after a given number of training batches.
+
+    The batch count is over the whole ``fit`` call, so ``after_batches =
+    steps_per_epoch + 1`` fails one step into the second epoch, after the first
+    epoch's checkpoint was written.
+
+    Args:
+        after_batches: Training batches to run before raising (>= 1).
+    """
+
+    def __init__(self, after_batches: int) -> None:
+        super().__init__()
+        if after_batches < 1:
+            raise ValueError(
+                f"`after_batches` must be >= 1. Received: after_batches={after_batches}"
+            )
+        self.after_batches = after_batches
+        self.seen = 0
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        """Count the batch and raise once ``after_batches`` have run."""
+        self.seen += 1
+        if self.seen >= self.after_batches:
+            raise SimulatedFault(f"Simulated fault after {self.seen} training batches.")
+
+
+def fault_after(batches: int) -> str:
+    """The override that adds :class:`FaultInjection` to the trainer's callbacks."""
+    return (
+        "trainer.callbacks=[{_target_:tests.helpers.training.FaultInjection,"
+        f"after_batches:{batches}}}]"
+    )
+
+
+class FakeDataModule(FrameInteractionData):
     """Random ratings for a few users and items, split 70/15/15.
 
     Args:
@@ -112,8 +154,10 @@ class FakeDataModule:
         self.frames: dict[str, pd.DataFrame] = {}
         self.items: pd.DataFrame | None = None
 
-    def setup(self) -> None:
-        """Draw the ratings and split them."""
+    def setup(self) -> FakeDataModule:
+        """Draw the ratings and split them (once)."""
+        if self.frames:
+            return self
         rng = np.random.default_rng(self.seed)
         frame = pd.DataFrame(
             {
@@ -124,12 +168,22 @@ class FakeDataModule:
         )
         a, b = int((0.85 - self.val_fraction) * len(frame)), int(0.85 * len(frame))
         self.frames = {"train": frame[:a], "val": frame[a:b], "test": frame[b:]}
+        self.train, self.val, self.test = (
+            self.frames["train"],
+            self.frames["val"],
+            self.frames["test"],
+        )
         self.items = pd.DataFrame(
             {
                 "item_id": [f"i{i}" for i in range(self.num_items)],
                 "title": [f"Movie number {i} (1999)" for i in range(self.num_items)],
             }
         )
+        return self
+
+    def item_table(self) -> pd.DataFrame | None:
+        """Item ids and titles."""
+        return self.items
 
     def _dataset(self, split: str, shuffle: bool) -> tf.data.Dataset:
         frame = self.frames[split]
