@@ -726,3 +726,71 @@ def test_pss_with_one_worker_trains_bit_for_bit_like_one_process(tmp_path):
         moved = np.any(table != reference["initial_table"], axis=1)
         np.testing.assert_array_equal(moved, seen)
         assert seen[:300].any() and seen[300:].any()
+
+
+MULTI_WORKER = """
+import sys
+import numpy as np
+import recsys
+from recsys._tf import keras, tf
+from recsys.distribute import make_strategy
+from recsys.layers import Embedding
+from recsys.optimizers import SparseAdam
+
+out = sys.argv[1]
+strategy = make_strategy("multi_worker")
+rng = np.random.default_rng(3)
+ids = rng.integers(0, 200, size=(64, 2)).astype("int32")
+labels = rng.normal(size=(64, 1)).astype("float32")
+with strategy.scope():
+    inputs = keras.Input(shape=(2,), dtype="int32")
+    embedding = Embedding(200, 4, embeddings_initializer="ones")
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(embedding(inputs))))
+    model.compile(optimizer=SparseAdam(0.01), loss="mse")
+# Each worker reads its own half of the global batch of 16 (auto-sharded by data).
+data = tf.data.Dataset.from_tensor_slices((ids, labels)).batch(16)
+model.fit(data, epochs=2, verbose=0)
+np.savez(out, table=embedding.embeddings.numpy(), m=model.optimizer.variables[1].numpy(),
+         iterations=model.optimizer.iterations.numpy(), ids=ids)
+print("worker done")
+"""
+
+
+@pytest.mark.slow
+def test_multi_worker_replicas_stay_identical(tmp_path):
+    """Two MultiWorkerMirroredStrategy workers training with SparseAdam end with one table."""
+    script = tmp_path / "worker.py"
+    script.write_text(MULTI_WORKER)
+    processes = []
+    with reserve_ports(2) as reservations:
+        cluster = {"worker": [f"127.0.0.1:{r.port}" for r in reservations]}
+        for index in range(2):
+            env = {
+                **os.environ,
+                "TF_GRPC_REUSE_PORT": "1",
+                **tf_config_env(cluster, "worker", index),
+            }
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, str(script), str(tmp_path / f"worker{index}.npz")],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        try:
+            outputs = [p.communicate(timeout=CLUSTER_TIMEOUT)[0] for p in processes]
+        finally:
+            for p in processes:
+                p.kill()
+    for p, output in zip(processes, outputs, strict=True):
+        assert p.returncode == 0, output[-5000:]
+    first, second = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
+    assert int(first["iterations"]) == int(second["iterations"]) == 8  # 2 epochs x 4 steps
+    np.testing.assert_array_equal(first["table"], second["table"])
+    np.testing.assert_array_equal(first["m"], second["m"])
+    seen = np.zeros(200, bool)
+    seen[first["ids"].ravel()] = True
+    # Lazy updates on the all-gathered rows: seen rows moved on both, no other row did.
+    np.testing.assert_array_equal(np.any(first["table"] != 1.0, axis=1), seen)
