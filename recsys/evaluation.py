@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from recsys._tf import tf
+from recsys.checks import check_positive_int
 
 __all__ = [
     "accuracy",
@@ -62,12 +63,6 @@ def _index_pairs(prefix: str, users: Any, items: Any) -> tuple[np.ndarray, np.nd
             f"{users.size} and {items.size}."
         )
     return users, items
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
 
 
 def retrieval_metrics(
@@ -148,12 +143,12 @@ def retrieval_metrics(
                 f"`{name}` must lie in [0, {bound}). Received values in "
                 f"[{array.min()}, {array.max()}]."
             )
-    top_accuracy_ks = [_check_positive_int("top_accuracy_ks", k) for k in top_accuracy_ks]
-    recall_ks = [_check_positive_int("recall_ks", k) for k in recall_ks]
-    ndcg_ks = [_check_positive_int("ndcg_ks", k) for k in ndcg_ks]
+    top_accuracy_ks = [check_positive_int("top_accuracy_ks", k) for k in top_accuracy_ks]
+    recall_ks = [check_positive_int("recall_ks", k) for k in recall_ks]
+    ndcg_ks = [check_positive_int("ndcg_ks", k) for k in ndcg_ks]
     if batch_size is None:
         batch_size = max(1, min(4096, _MAX_BLOCK_FLOATS // max(num_items, 1)))
-    batch_size = _check_positive_int("batch_size", batch_size)
+    batch_size = check_positive_int("batch_size", batch_size)
 
     # Users that need scoring: those with a test pair. Their test and train pairs,
     # sorted by user, so each block of users owns a contiguous slice of both.

@@ -83,7 +83,8 @@ def recommend(run_dir: str | Path, user_id: str | int, k: int = 10) -> pd.DataFr
         if "title" in items.columns:
             names = items["title"].astype(str)
             if "year" in items.columns:  # MovieLens keeps the year apart from the title
-                years = items["year"].astype("Int64").astype(str).replace("<NA>", "")
+                year = pd.to_numeric(items["year"], errors="coerce")
+                years = year.where(year > 0).astype("Int64").astype(str).replace("<NA>", "")
                 names = names.where(years == "", names + " (" + years + ")")
             titles = dict(zip(items["item_id"].astype(str), names, strict=True))
             frame["title"] = [titles.get(i, "") for i in frame["item_id"]]

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 ROOT_ENV_VAR = "RECSYS_ROOT"
 
+# Config targets that moved, old name -> new: the same class, so not a config change.
+_RENAMED_TARGETS = {"recsys.launch.HardwareConfig": "recsys.hardware.HardwareConfig"}
+
 # History entries that are bookkeeping, not training curves.
 _NOT_CURVES = frozenset({"epoch", "epoch_seconds"})
 
@@ -168,6 +171,9 @@ def config_changes(cfg: DictConfig, path: Path) -> list[str]:
     if not path.exists():
         return []
     before = _flatten(OmegaConf.to_container(OmegaConf.load(path)))
+    before = {
+        k: _RENAMED_TARGETS.get(v, v) if k.endswith("_target_") else v for k, v in before.items()
+    }
     after = _flatten(_job_config(cfg))
     unset = "<unset>"
     return [

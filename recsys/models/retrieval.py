@@ -298,6 +298,15 @@ class RetrievalModel(tfrs.Model):
         brute-force index over every catalogue item.
         """
         k = min(check_positive_int("k", k or self.top_k), len(self.item_ids))
+        if not self.built:
+            # Training calls the towers, never the model itself, and Keras saves a model's
+            # full config only once it has been called: call it on one (user, item).
+            self(
+                {
+                    "user_id": tf.constant(self.user_ids[:1]),
+                    "item_id": tf.constant(self.item_ids[:1]),
+                }
+            )
         module = _RetrievalExport(self, k)
         tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
