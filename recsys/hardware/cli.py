@@ -110,13 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet:
         for message in plan.warnings:
             print(f"recsys.launch: warning: {message}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(plan.to_dict(), indent=2))
-        return 0
-    if args.print_env:
-        if not args.quiet:
+    if args.json or args.print_env:
+        if args.print_env and not args.quiet:
             print(plan.summary(), file=sys.stderr)
-        print("\n".join(plan.export_lines()))
+        text = json.dumps(plan.to_dict(), indent=2) if args.json else "\n".join(plan.export_lines())
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:  # `... --print-env | head`: the reader left; not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if not args.quiet:
         print(plan.summary(), file=sys.stderr, flush=True)
