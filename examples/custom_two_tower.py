@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 
-import recsys  # noqa: F401  (before TensorFlow: makes tf.keras tf-keras)
+# isort: off
+import recsys  # noqa: F401  (first, before TensorFlow: makes tf.keras tf-keras)
+import tensorflow as tf
+import tf_keras as keras
+
+# isort: on
 from recsys import evaluation
-from recsys._tf import keras, tf
 from recsys.layers import Embedding
 from recsys.optimizers import SparseAdam
 from recsys.towers import ItemTower, UserTower
