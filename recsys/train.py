@@ -55,6 +55,7 @@ def _apply_hardware(cfg: DictConfig, run_dir: Path) -> None:
     an in-process multirun), thread pools that differ from the plan cannot be changed
     any more: that is reported as a warning, not an error.
     """
+    from recsys._env import quiet_tensorflow_startup
     from recsys.hardware import apply_hardware_plan, configure_tensorflow_threads
 
     tf_was_imported = "tensorflow" in sys.modules
@@ -63,7 +64,11 @@ def _apply_hardware(cfg: DictConfig, run_dir: Path) -> None:
             warnings.filterwarnings("ignore", message="TensorFlow was imported before")
         plan = apply_hardware_plan(cfg.get("hardware"), run_dir=run_dir)
     try:
-        configure_tensorflow_threads(plan)
+        with quiet_tensorflow_startup():  # TensorFlow starts here: import, devices
+            configure_tensorflow_threads(plan)
+            from recsys._tf import tf
+
+            tf.config.list_logical_devices()
     except RuntimeError as err:
         if not tf_was_imported:
             raise
