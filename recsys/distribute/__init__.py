@@ -1,10 +1,16 @@
-"""Training on a tf.distribute cluster: TF_CONFIG, free ports, the strategy, PSS helpers.
+"""Training on a tf.distribute cluster: TF_CONFIG, servers, the strategy, PSS helpers.
 
-Importing this package does not import TensorFlow: :mod:`recsys.distribute.tf_config`
-and :mod:`recsys.distribute.ports` are plain Python, and
-:func:`~recsys.distribute.strategy.make_strategy` imports TensorFlow when called.
-:mod:`recsys.distribute.parameter_server` (imported on first use) holds what a
-trainer calls under ``ParameterServerStrategy``.
+One module per job; importing this package does not import TensorFlow:
+
+* :mod:`~recsys.distribute.tf_config`: TF_CONFIG built, parsed and checked;
+* :mod:`~recsys.distribute.ports`: free ports held until their servers bind them;
+* :mod:`~recsys.distribute.server`: one worker or ps server (``recsys.cluster serve``);
+* :mod:`~recsys.distribute.local_cluster`: a loopback cluster around a command
+  (``recsys.cluster local``);
+* :mod:`~recsys.distribute.strategy`: :func:`make_strategy` (imports TensorFlow when
+  called, after checking TF_CONFIG);
+* :mod:`~recsys.distribute.parameter_server` (imports TensorFlow; loaded on first
+  use): what a trainer calls under ``ParameterServerStrategy``.
 """
 
 from __future__ import annotations
