@@ -80,6 +80,32 @@ def slots(optimizer, var):
     return optimizer._momentums[index].numpy(), optimizer._velocities[index].numpy()
 
 
+def all_slots(optimizer, var):
+    """m, v, and vhat with AMSGrad, as NumPy arrays."""
+    index = optimizer._index_dict[optimizer._var_key(var)]
+    found = [optimizer._momentums[index], optimizer._velocities[index]]
+    if optimizer.amsgrad:
+        found.append(optimizer._velocity_hats[index])
+    return [s.numpy() for s in found]
+
+
+# Rows are the first dimension; what follows is the row shape: a bias vector, a
+# table, a table of 2 x 3 blocks.
+ROW_SHAPES = pytest.mark.parametrize("row_shape", [(), (DIM,), (2, 3)], ids=["1d", "2d", "3d"])
+
+
+def sparse_steps_for(row_shape, seed=0, n_steps=5):
+    """Like `random_sparse_steps`, with gradient rows of any shape (rows 10, 11 unused)."""
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            rng.integers(0, 10, size=8).astype(np.int32),
+            rng.normal(size=(8, *row_shape)).astype(np.float32),
+        )
+        for _ in range(n_steps)
+    ]
+
+
 @pytest.fixture
 def table():
     return np.random.default_rng(1).normal(size=(ROWS, DIM)).astype(np.float32)
@@ -105,6 +131,107 @@ def test_matches_numpy_lazy_adam_with_duplicates(table, options, use_function, j
     # Rows 10 and 11 were never in a gradient: bit-identical, moments still zero.
     np.testing.assert_array_equal(var.numpy()[10:], table[10:])
     assert not got_m[10:].any() and not got_v[10:].any()
+
+
+@FUSED
+@ROW_SHAPES
+@pytest.mark.parametrize("use_function", [False, True], ids=["eager", "tf.function"])
+@pytest.mark.parametrize(
+    "options", [{}, {"amsgrad": True, "weight_decay": 0.1}], ids=["plain", "amsgrad-wd"]
+)
+def test_any_rank_matches_numpy_lazy_adam_step_by_step(
+    row_shape, options, use_function, jit_compile
+):
+    # Issue 14: the fused kernel assumed matrices (a bias vector failed in tf.pad).
+    table = np.random.default_rng(2).normal(size=(ROWS, *row_shape)).astype(np.float32)
+    steps = sparse_steps_for(row_shape, seed=4)
+    optimizer = SparseAdam(0.01, jit_compile=jit_compile, **options)
+    var = tf.Variable(table)
+    apply = tf.function(optimizer.apply_gradients) if use_function else optimizer.apply_gradients
+    dense_shape = tf.constant([ROWS, *row_shape])
+    optimizer.build([var])
+    for t, (indices, values) in enumerate(steps, start=1):
+        before = [var.numpy(), *all_slots(optimizer, var)]
+        apply([(tf.IndexedSlices(tf.constant(values), tf.constant(indices), dense_shape), var)])
+        after = [var.numpy(), *all_slots(optimizer, var)]
+        # Rows outside this step's gradient: variable and every slot bit-identical.
+        skipped = np.setdiff1d(np.arange(ROWS), indices)
+        for got, old in zip(after, before, strict=True):
+            np.testing.assert_array_equal(got[skipped], old[skipped])
+        want_var, want_m, want_v = lazy_adam_reference(table, steps[:t], lr=0.01, **options)
+        np.testing.assert_allclose(after[0], want_var, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(after[1], want_m, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(after[2], want_v, rtol=1e-5, atol=1e-7)
+    # Rows 10 and 11 were never in a gradient: as created, moments still zero.
+    np.testing.assert_array_equal(var.numpy()[10:], table[10:])
+    assert not any(s[10:].any() for s in all_slots(optimizer, var))
+    assert var.numpy().shape == table.shape
+
+
+@FUSED
+@pytest.mark.parametrize("use_function", [False, True], ids=["eager", "tf.function"])
+def test_issue_14_bias_vector_repro(jit_compile, use_function):
+    # The reproduction from issue 14, checked against tf-keras Adam: rows 0, 3 and 4
+    # have zero gradient and zero moments there, so dense Adam leaves them as they are
+    # too and both optimizers must agree.
+    grad = tf.IndexedSlices(tf.constant([1.0, 1.5]), tf.constant([1, 2]), tf.constant([5]))
+    results = []
+    for optimizer in (SparseAdam(0.1, jit_compile=jit_compile), keras.optimizers.Adam(0.1)):
+        var = tf.Variable(tf.ones([5]))
+        apply = optimizer.apply_gradients
+        if use_function:
+            apply = tf.function(apply)
+        for _ in range(3):
+            apply([(grad, var)])
+        results.append(var.numpy())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
+    want, _, _ = lazy_adam_reference(
+        np.ones(5, np.float32), [(np.array([1, 2]), np.array([1.0, 1.5]))] * 3, lr=0.1
+    )
+    np.testing.assert_allclose(results[0], want, rtol=1e-5)
+    assert results[0][[0, 3, 4]].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("use_function", [False, True], ids=["eager", "tf.function"])
+def test_rows_of_equal_size_but_different_shapes_share_the_kernel(use_function):
+    # The kernel is traced per gradient shape, and a [rows, 6] table and a
+    # [rows, 2, 3] one both reach it as [n, 6]: the trace made for one must serve the
+    # other. Same ids and values, so the 3-D table must equal the 2-D one bit for bit.
+    steps = sparse_steps_for((2, 3), seed=6)
+    table = np.random.default_rng(6).normal(size=(ROWS, 2, 3)).astype(np.float32)
+    flat, blocks = tf.Variable(table.reshape(ROWS, 6)), tf.Variable(table)
+    flat_opt, blocks_opt = SparseAdam(0.01, amsgrad=True), SparseAdam(0.01, amsgrad=True)
+    applies = [flat_opt.apply_gradients, blocks_opt.apply_gradients]
+    if use_function:
+        applies = [tf.function(apply) for apply in applies]
+    for step, (indices, values) in enumerate(steps):
+        ids = tf.constant(indices)
+        calls = [
+            (
+                applies[0],
+                tf.IndexedSlices(values.reshape(-1, 6), ids, tf.constant([ROWS, 6])),
+                flat,
+            ),
+            (applies[1], tf.IndexedSlices(values, ids, tf.constant([ROWS, 2, 3])), blocks),
+        ]
+        for apply, grad, var in calls[:: 1 if step % 2 else -1]:  # either one traces first
+            apply([(grad, var)])
+    np.testing.assert_array_equal(blocks.numpy().reshape(ROWS, 6), flat.numpy())
+    for got, want in zip(all_slots(blocks_opt, blocks), all_slots(flat_opt, flat), strict=True):
+        np.testing.assert_array_equal(got.reshape(ROWS, 6), want)
+    want, _, _ = lazy_adam_reference(table, steps, amsgrad=True)
+    np.testing.assert_allclose(blocks.numpy(), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(blocks.numpy()[10:], table[10:])
+
+
+@FUSED
+def test_rows_without_elements_change_nothing(jit_compile):
+    # A [rows, 0] variable has nothing to update; it takes the plain path, no error.
+    optimizer = SparseAdam(0.01, jit_compile=jit_compile)
+    var = tf.Variable(tf.zeros([ROWS, 0]))
+    grad = tf.IndexedSlices(tf.zeros([3, 0]), tf.constant([1, 1, 4]), tf.constant([ROWS, 0]))
+    optimizer.apply_gradients([(grad, var)])
+    assert var.shape == (ROWS, 0) and int(optimizer.iterations) == 1
 
 
 def test_learning_rate_schedule_follows_global_step(table):
@@ -354,22 +481,24 @@ def test_bucket_size_pads_by_less_than_an_eighth_to_eight_lengths_per_octave():
     assert bucket_size(tf.constant(4097)).numpy() == 4096 + 512
 
 
-def test_varying_batch_lengths_compile_a_few_kernels_not_one_per_length(monkeypatch):
+@ROW_SHAPES
+def test_varying_batch_lengths_compile_a_few_kernels_not_one_per_length(monkeypatch, row_shape):
     # Ragged or multi-hot features give every batch its own number of ids (and of
     # distinct ids). Each new input shape of the fused kernel is a new XLA compilation
-    # (about 50 ms), so the kernel must see only the padded lengths of `bucket_size`.
+    # (about 50 ms), so the kernel must see only the padded lengths of `bucket_size`,
+    # whatever the variable's rank (rows reach it flattened).
     import recsys.optimizers.sparse_adam as sparse_adam_module
 
     kernel = sparse_adam_module._lazy_adam_rows
     shapes = []
 
-    def spy(ids, n_unique, positions, *args):
-        shapes.append((int(ids.shape[0]), int(positions.shape[0])))
-        return kernel(ids, n_unique, positions, *args)
+    def spy(ids, n_unique, positions, values, *args):
+        shapes.append((int(ids.shape[0]), int(positions.shape[0]), tuple(values.shape[1:])))
+        return kernel(ids, n_unique, positions, values, *args)
 
     monkeypatch.setattr(sparse_adam_module, "_lazy_adam_rows", spy)
     rng = np.random.default_rng(23)
-    var = tf.Variable(rng.normal(size=(5000, DIM)).astype(np.float32))
+    var = tf.Variable(rng.normal(size=(5000, *row_shape)).astype(np.float32))
     before = var.numpy()
     optimizer = SparseAdam(0.01)
     touched, distinct = set(), set()
@@ -377,45 +506,86 @@ def test_varying_batch_lengths_compile_a_few_kernels_not_one_per_length(monkeypa
         indices = rng.integers(0, 4000, size=n).astype(np.int32)
         touched.update(indices.tolist())
         distinct.add(len(np.unique(indices)))
-        values = rng.normal(size=(n, DIM)).astype(np.float32)
-        optimizer.apply_gradients([(tf.IndexedSlices(values, indices, [5000, DIM]), var)])
+        values = rng.normal(size=(n, *row_shape)).astype(np.float32)
+        optimizer.apply_gradients([(tf.IndexedSlices(values, indices, [5000, *row_shape]), var)])
     assert len(shapes) == 34
     # Gradient rows: 34 lengths padded to 2. Distinct ids (about 880-970 of them):
-    # padded to multiples of 64.
-    assert {rows for _, rows in shapes} == {1024, 1152}
+    # padded to multiples of 64. Rows as vectors of their element count.
+    assert {rows for _, rows, _ in shapes} == {1024, 1152}
     assert len(distinct) > 20
-    assert {ids for ids, _ in shapes} <= {896, 960, 1024}
+    assert {ids for ids, _, _ in shapes} <= {896, 960, 1024}
+    assert {row for _, _, row in shapes} == {(int(np.prod(row_shape)),)}
     # Padding repeats real ids; rows never in a batch stay bit-identical.
     untouched = np.setdiff1d(np.arange(5000), sorted(touched))
     np.testing.assert_array_equal(var.numpy()[untouched], before[untouched])
     assert not slots(optimizer, var)[0][untouched].any()
 
 
+@ROW_SHAPES
+def test_lengths_unknown_when_tracing_reach_the_kernel_padded(monkeypatch, row_shape):
+    # Keras traces train steps with a None batch length: the padding then happens at
+    # run time, and XLA compiles the kernel once per run-time shape. Record those
+    # shapes from inside the traced function.
+    import recsys.optimizers.sparse_adam as sparse_adam_module
+
+    kernel = sparse_adam_module._lazy_adam_rows
+    shapes = []
+
+    def record(ids_shape, positions_shape, values_shape):
+        row = tuple(values_shape.numpy()[1:].tolist())
+        shapes.append((int(ids_shape[0]), int(positions_shape[0]), row))
+
+    def spy(ids, n_unique, positions, values, *args):
+        tf.py_function(record, [tf.shape(ids), tf.shape(positions), tf.shape(values)], [])
+        return kernel(ids, n_unique, positions, values, *args)
+
+    monkeypatch.setattr(sparse_adam_module, "_lazy_adam_rows", spy)
+    rng = np.random.default_rng(37)
+    var = tf.Variable(rng.normal(size=(5000, *row_shape)).astype(np.float32))
+    optimizer = SparseAdam(0.01)
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, *row_shape]), tf.TensorSpec([None], tf.int32)]
+    )
+    def apply(values, indices):
+        grad = tf.IndexedSlices(values, indices, tf.constant([5000, *row_shape]))
+        optimizer.apply_gradients([(grad, var)])
+
+    for n in range(1000, 1100, 3):  # 34 lengths, one trace
+        indices = rng.integers(0, 4000, size=n).astype(np.int32)
+        apply(tf.constant(rng.normal(size=(n, *row_shape)).astype(np.float32)), indices)
+    assert len(shapes) == 34
+    assert {rows for _, rows, _ in shapes} == {1024, 1152}
+    assert {ids for ids, _, _ in shapes} <= {896, 960, 1024}
+    assert {row for _, _, row in shapes} == {(int(np.prod(row_shape)),)}
+
+
 @FUSED
+@ROW_SHAPES
 @pytest.mark.parametrize("known_length", [True, False], ids=["traced-length", "dynamic-length"])
-def test_padded_lengths_match_numpy_lazy_adam(jit_compile, known_length):
+def test_padded_lengths_match_numpy_lazy_adam(jit_compile, known_length, row_shape):
     # 17 to 33 distinct ids among 50 rows: odd counts are padded to even ones and,
     # when the length is not known when tracing (Keras's None batch), the gradient
     # rows are padded too (21 -> 22, 27 -> 28, 37 -> 40, ...).
     rows = 64
-    table = np.random.default_rng(31).normal(size=(rows, DIM)).astype(np.float32)
+    table = np.random.default_rng(31).normal(size=(rows, *row_shape)).astype(np.float32)
     rng = np.random.default_rng(29)
     steps = []
     for n in (21, 23, 27, 31, 37, 45):
         indices = rng.integers(0, 50, size=n).astype(np.int32)
-        steps.append((indices, rng.normal(size=(n, DIM)).astype(np.float32)))
+        steps.append((indices, rng.normal(size=(n, *row_shape)).astype(np.float32)))
     distinct = [len(np.unique(indices)) for indices, _ in steps]
     assert sum(1 for d in distinct if d > 16 and d % 2) >= 2, distinct  # padding happens
     optimizer = SparseAdam(0.01, amsgrad=True, jit_compile=jit_compile)
     var = tf.Variable(table)
 
     def apply(values, indices):
-        grad = tf.IndexedSlices(values, indices, tf.constant([rows, DIM]))
+        grad = tf.IndexedSlices(values, indices, tf.constant([rows, *row_shape]))
         optimizer.apply_gradients([(grad, var)])
 
     signature = None
     if not known_length:
-        signature = [tf.TensorSpec([None, DIM]), tf.TensorSpec([None], tf.int32)]
+        signature = [tf.TensorSpec([None, *row_shape]), tf.TensorSpec([None], tf.int32)]
     apply = tf.function(apply, input_signature=signature)
     for indices, values in steps:
         apply(tf.constant(values), tf.constant(indices))
@@ -427,10 +597,14 @@ def test_padded_lengths_match_numpy_lazy_adam(jit_compile, known_length):
 
 
 @FUSED
-def test_empty_sparse_gradient_changes_nothing_but_the_step(table, jit_compile):
+@ROW_SHAPES
+def test_empty_sparse_gradient_changes_nothing_but_the_step(jit_compile, row_shape):
+    table = np.random.default_rng(1).normal(size=(ROWS, *row_shape)).astype(np.float32)
     optimizer = SparseAdam(0.01, jit_compile=jit_compile)
     var = tf.Variable(table)
-    empty = tf.IndexedSlices(tf.zeros([0, DIM]), tf.zeros([0], tf.int32), tf.constant([ROWS, DIM]))
+    empty = tf.IndexedSlices(
+        tf.zeros([0, *row_shape]), tf.zeros([0], tf.int32), tf.constant([ROWS, *row_shape])
+    )
     tf.function(optimizer.apply_gradients)([(empty, var)])
     np.testing.assert_array_equal(var.numpy(), table)
     assert int(optimizer.iterations) == 1

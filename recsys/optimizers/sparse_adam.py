@@ -60,8 +60,17 @@ def _scatter_rows(targets: tuple, rows: tuple, ids: Any) -> None:
             target.scatter_update(tf.IndexedSlices(new, ids))
 
 
+def _sum_duplicates(gradient: Any) -> Any:
+    """`gradient` (IndexedSlices) with the values of repeated indices summed."""
+    unique_indices, positions = tf.unique(gradient.indices)
+    summed = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(unique_indices)[0])
+    return tf.IndexedSlices(summed, unique_indices, gradient.dense_shape)
+
+
 def _pad_gradient_rows(positions: Any, values: Any) -> tuple:
-    """Pads a gradient's rows (values and their unique positions) to `bucket_size`.
+    """Pads a gradient's rows (`[n, row_size]` values and their unique positions).
+
+    Both are padded to `bucket_size(n)`.
 
     Padding rows hold zeros at position 0, so they add nothing to any sum. Inside a
     traced function a length known when tracing is kept as it is: the function is
@@ -135,19 +144,28 @@ def _lazy_adam_rows(
     `ids` holds the `n_unique` distinct ids of a gradient, then copies of `ids[0]`
     up to the kernel's padded length. `positions[i]` is the index in `ids` of the
     gradient row `values[i]` (as `tf.unique` gives it), so the rows of repeated ids
-    are summed here. The copies get the same new rows as `ids[0]`, so scattering
-    them back writes nothing more. `var`, `m`, `v` and `vhat` (None unless AMSGrad)
-    are resource handles, only read here; the caller scatters the returned rows.
-    `alpha` (the bias-corrected step size), `epsilon` and `1 - beta` come in
-    computed: `1 - beta_2**t` and `1 - beta_2` cancel badly in float32, so they are
-    computed as tf-keras's Adam computes them (TensorFlow's `pow`; Python floats).
+    are summed here. `values` is `[n, row_size]` whatever the variable's rank (its
+    rows flattened); the new rows come back as `[len(ids), row_size]`. The copies
+    get the same new rows as `ids[0]`, so scattering them back writes nothing more.
+    `var`, `m`, `v` and `vhat` (None unless AMSGrad) are resource handles, only read
+    here; the caller scatters the returned rows. `alpha` (the bias-corrected step
+    size), `epsilon` and `1 - beta` come in computed: `1 - beta_2**t` and
+    `1 - beta_2` cancel badly in float32, so they are computed as tf-keras's Adam
+    computes them (TensorFlow's `pow`; Python floats).
     """
     dtype = values.dtype
     size = tf.shape(ids)[0]
     summed = tf.math.unsorted_segment_sum(values, positions, size)
     is_real = tf.range(size) < n_unique
     grad = tf.where(is_real[:, tf.newaxis], summed, summed[:1])
-    rows = [None if h is None else _read_rows(h, ids, dtype) for h in (var, m, v, vhat)]
+    # The variable's rows come out of the gather in its own row shape; they are
+    # reshaped to the gradient's `[size, row_size]` (free in XLA, a no-op for a
+    # matrix). The shape is taken from the tensors, not from the handles: one trace
+    # serves every variable with the same row size, whatever its row shape.
+    rows = [
+        None if h is None else tf.reshape(_read_rows(h, ids, dtype), tf.shape(grad))
+        for h in (var, m, v, vhat)
+    ]
     return _adam_rows(grad, *rows, alpha, epsilon, one_minus_beta_1, one_minus_beta_2, decay)
 
 
@@ -183,13 +201,18 @@ class SparseAdam(_BaseAdam):
     `gradient.indices`: those rows of the variable and of both moment slots
     (`m`, `v`, and `vhat` with `amsgrad=True`) are updated; every other row stays
     bit-identical. A step therefore costs what the batch touches, not what the table
-    holds. Duplicate indices are summed first.
+    holds. Duplicate indices are summed first. Rows are the variable's first
+    dimension, whatever its rank: a 1-D bias vector read with `tf.gather`, a 2-D
+    table, a 3-D table of `[rows, a, b]` blocks.
 
     Where XLA is available (and `jit_compile=True`, the default), a sparse update is
     one fused XLA kernel, on CPU too: it gathers the rows, sums duplicates and does
     Adam's arithmetic; TensorFlow scatters the rows back. The kernel is compiled for
     a few padded lengths only (`bucket_size`), so batches with varying numbers of ids
-    do not recompile it each step.
+    do not recompile it each step. It sees each row flattened to a vector, so a
+    variable of any rank takes the same kernel and the same padded lengths (a
+    variable whose row shape is unknown, or whose rows hold no element, takes the
+    plain TensorFlow path instead).
 
     How this differs from dense Adam: dense Adam decays the moments of *every* row at
     every step, so a row not in the batch still moves (by its decayed momentum).
@@ -207,6 +230,16 @@ class SparseAdam(_BaseAdam):
     Learning-rate schedules, `clipnorm`, `clipvalue`, `global_clipnorm`, mixed
     precision (`tf_keras.mixed_precision.LossScaleOptimizer`) and checkpointing of the
     slots work as for Adam.
+
+    There is no legacy (`OptimizerV2`) form: tf-keras's
+    `convert_to_legacy_optimizer` (exported as
+    `tf_keras.__internal__.optimizers.convert_to_legacy_optimizer`) raises
+    `ValueError: Unknown optimizer: 'sparseadam'` for it. tf-keras calls it only from
+    `tf_keras.optimizers.get` when TensorFlow 2 behaviour is disabled
+    (`tf.compat.v1.disable_v2_behavior()`), which recsys and tensorflow-recommenders
+    do not support. Converting to the legacy `Adam` instead would silently make every
+    update dense (its sparse update decays every row's moments) and drop
+    `weight_decay`; if you need a legacy optimizer, choose one explicitly.
 
     Example:
 
@@ -333,17 +366,7 @@ class SparseAdam(_BaseAdam):
         """Sums the values of duplicate indices (the fused kernel does it itself)."""
         if self.fuses_sparse_updates:
             return list(grads)
-        deduplicated = []
-        for grad in grads:
-            if not isinstance(grad, tf.IndexedSlices):
-                deduplicated.append(grad)
-                continue
-            unique_indices, positions = tf.unique(grad.indices)
-            summed = tf.math.unsorted_segment_sum(
-                grad.values, positions, tf.shape(unique_indices)[0]
-            )
-            deduplicated.append(tf.IndexedSlices(summed, unique_indices, grad.dense_shape))
-        return deduplicated
+        return [_sum_duplicates(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
 
     def _weight_decay_rate(self, variable: Any) -> Any | None:
         """`weight_decay * learning_rate` for `variable`, or None where no decay applies."""
@@ -372,11 +395,23 @@ class SparseAdam(_BaseAdam):
         super().update_step(gradient, variable)
 
     def _fused_sparse_update_step(self, gradient: Any, variable: Any, decay: Any | None) -> None:
+        # Rows are the first dimension; the kernel sees each row flattened to a vector
+        # of `row_size` values, so a bias vector (rank 1) or a 3-D table takes the same
+        # kernel, padding and buckets as a matrix. A matrix's gradient is left as it is.
+        row_shape = variable.shape[1:]
+        row_size = row_shape.num_elements()
+        if variable.shape.rank in (None, 0) or not row_size:
+            # Unknown row shape, or rows without elements: the plain TensorFlow path
+            # handles any shape (and an empty row has nothing to compute).
+            self._sparse_update_step(_sum_duplicates(gradient), variable, decay)
+            return
+        is_matrix = variable.shape.rank == 2
+        values = gradient.values if is_matrix else tf.reshape(gradient.values, [-1, row_size])
         targets = self._row_targets(variable)
         unique_ids, positions = tf.unique(gradient.indices)
         n_unique = tf.shape(unique_ids, out_type=tf.int32)[0]
         ids = _pad_unique_ids(unique_ids)
-        positions, values = _pad_gradient_rows(positions, gradient.values)
+        positions, values = _pad_gradient_rows(positions, values)
         dtype = variable.dtype
         alpha, epsilon = self._bias_corrected_step(dtype)
         new_rows = _lazy_adam_rows(
@@ -391,6 +426,9 @@ class SparseAdam(_BaseAdam):
             tf.constant(1 - self.beta_2, dtype),
             decay,
         )
+        if not is_matrix:
+            row_shape = [-1, *row_shape.as_list()]
+            new_rows = tuple(None if r is None else tf.reshape(r, row_shape) for r in new_rows)
         _scatter_rows(targets, new_rows, ids)
 
     def _row_targets(self, variable: Any) -> tuple:
