@@ -1,6 +1,7 @@
 """recsys.layers.Embedding: row-sparse gradients, the regularizer move, Keras parity."""
 
 import inspect
+import json
 import warnings
 
 import numpy as np
@@ -187,3 +188,65 @@ def test_saved_model_round_trip_keeps_predictions(tmp_path):
 def test_bad_dimensions_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Embedding(**kwargs)
+
+
+# Every form tf-keras's Embedding accepts for a dimension (checked by building theirs
+# below): Python and NumPy integers, 0-d integer arrays, scalar integer tensors.
+DIMENSION_FORMS = {
+    "int": lambda n: n,
+    "np.int32": np.int32,
+    "np.int64": np.int64,
+    "np.uint16": np.uint16,
+    "0-d array": np.array,
+    "tf.int32": lambda n: tf.constant(n, tf.int32),
+    "tf.int64": lambda n: tf.constant(n, tf.int64),
+}
+
+
+@pytest.mark.parametrize("form", DIMENSION_FORMS, ids=list(DIMENSION_FORMS))
+@pytest.mark.parametrize("argument", ["input_dim", "output_dim"])
+def test_accepts_the_dimension_forms_tf_keras_accepts(form, argument):
+    make = DIMENSION_FORMS[form]
+    kwargs = {"input_dim": 10, "output_dim": 4, argument: make(7)}
+    theirs = keras.layers.Embedding(**kwargs)
+    ours = Embedding(**kwargs)
+    ids = tf.constant([[1, 2], [3, 6]])
+    assert ours(ids).shape == theirs(ids).shape
+    assert ours.embeddings.shape == theirs.embeddings.shape
+    # Stored as a Python int, so the config is plain JSON and round-trips.
+    value = getattr(ours, argument)
+    assert type(value) is int and value == 7
+    config = json.loads(json.dumps(ours.get_config()))
+    assert Embedding.from_config(config).get_config() == ours.get_config()
+
+
+def test_loads_a_tf_keras_config_holding_a_tensor_dimension():
+    # tf-keras keeps a tensor dimension as a tensor; its serialized config holds it as
+    # a nested object, which our from_config (tf-keras's) turns back into a tensor.
+    theirs = keras.layers.Embedding(input_dim=tf.constant(16000), output_dim=8)
+    config = keras.layers.serialize(theirs)["config"]
+    assert isinstance(config["input_dim"], dict)
+    ours = Embedding.from_config(config)
+    assert ours.input_dim == 16000 and type(ours.input_dim) is int
+
+
+@pytest.mark.parametrize(
+    "value",
+    [10.0, 2.5, True, "10", np.array([10]), tf.constant([10]), tf.constant(10.0), np.float64(10)],
+    ids=["float", "fraction", "bool", "str", "1-d array", "1-d tensor", "float tensor", "np.float"],
+)
+def test_refuses_the_dimension_forms_tf_keras_refuses(value):
+    with pytest.raises((TypeError, ValueError)):
+        keras.layers.Embedding(input_dim=value, output_dim=4)(tf.constant([[1]]))
+    with pytest.raises(ValueError, match="Received: input_dim="):
+        Embedding(input_dim=value, output_dim=4)
+
+
+def test_symbolic_dimension_is_refused_with_the_fix():
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int32)])
+    def build(n):
+        Embedding(input_dim=n, output_dim=4)
+        return n
+
+    with pytest.raises(ValueError, match="must be known when the layer is created"):
+        build(tf.constant(5))

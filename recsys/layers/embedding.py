@@ -6,6 +6,8 @@ import numbers
 import warnings
 from typing import Any
 
+import numpy as np
+
 from recsys._tf import keras, tf
 
 _warned_about_regularizer = False
@@ -28,8 +30,27 @@ def _warn_regularizer_moved_once() -> None:
 
 
 def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    """`value` as a Python int, in every form tf-keras's Embedding accepts.
+
+    tf-keras takes a Python or NumPy integer, a 0-d NumPy integer array and a scalar
+    integer tensor (and stores a tensor as it is, which a config cannot hold as
+    JSON). A tensor's value must be known now; it is stored as an int.
+    """
+    received = value
+    if isinstance(value, tf.Tensor) and value.dtype.is_integer and value.shape.rank == 0:
+        value = tf.get_static_value(value)
+        if value is None:
+            raise ValueError(
+                f"`{name}` must be known when the layer is created: pass a Python int or "
+                f"a constant scalar tensor, not a symbolic one. Received: {name}={received!r}"
+            )
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive integer (a Python or NumPy int, or a scalar integer "
+            f"tensor). Received: {name}={received!r}"
+        )
     return int(value)
 
 
@@ -58,8 +79,11 @@ class Embedding(keras.layers.Embedding):
     TensorShape([2, 2, 16])
 
     Args:
-        input_dim: Size of the vocabulary (largest id + 1). A positive integer.
-        output_dim: Dimension of each embedding vector. A positive integer.
+        input_dim: Size of the vocabulary (largest id + 1). A positive integer: a
+            Python or NumPy int, a 0-d NumPy integer array or a scalar integer tensor
+            whose value is known (as tf-keras accepts); stored as a Python int.
+        output_dim: Dimension of each embedding vector. A positive integer, in the
+            same forms as `input_dim`.
         embeddings_initializer: Initializer for the table.
         embeddings_regularizer: Regularizer applied to the looked-up rows (see above).
         activity_regularizer: Regularizer applied to the layer's output, as in Keras.
@@ -79,8 +103,8 @@ class Embedding(keras.layers.Embedding):
 
     def __init__(
         self,
-        input_dim: int,
-        output_dim: int,
+        input_dim: Any,
+        output_dim: Any,
         embeddings_initializer: Any = "uniform",
         embeddings_regularizer: Any = None,
         activity_regularizer: Any = None,
