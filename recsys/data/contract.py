@@ -40,16 +40,25 @@ if TYPE_CHECKING:  # pragma: no cover
     from recsys._tf import tf
 
 __all__ = [
+    "FEATURE_KINDS",
+    "ID_SPACE_KINDS",
     "SPLITS",
     "Catalogue",
+    "FeatureData",
     "Histories",
+    "IdSpace",
     "InteractionData",
     "Interactions",
     "TextData",
+    "UserFeatures",
     "merge_interactions",
 ]
 
 SPLITS = ("train", "val", "test")
+# Kinds of declared side features (FeatureData.feature_kinds): a categorical id, a bag
+# of categories, free text, a number (bucketized by the tower).
+FEATURE_KINDS = ("id", "multi_hot", "text", "numeric")
+ID_SPACE_KINDS = ("vocabulary", "hashed")
 
 
 def _strings(values: Any) -> np.ndarray:
@@ -159,6 +168,115 @@ class Catalogue:
             else:
                 features[name] = ["" if pd.isna(v) else str(v) for v in values]
         return cls(ids, features)
+
+
+@dataclass(frozen=True)
+class UserFeatures:
+    """Users and their side features: sorted unique ids and columns aligned with them.
+
+    The user-side twin of :class:`Catalogue` (optional: see :class:`FeatureData`).
+
+    Args:
+        ids: User ids, sorted and unique (object array of str).
+        features: ``{name: values}``, one value per id: a string (``id`` and ``text``
+            kinds; ``""`` when unknown), a float (``numeric``; NaN when unknown) or a
+            list of strings (``multi_hot``).
+
+    Example:
+        >>> users = UserFeatures(np.array(["u1", "u2"], dtype=object), {"country": ["fr", "de"]})
+        >>> users.rows(["u2", "nobody"]).tolist(), len(users)
+        ([1, -1], 2)
+    """
+
+    ids: np.ndarray
+    features: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_sorted_unique("ids", self.ids)
+        for name, values in self.features.items():
+            if len(values) != len(self.ids):
+                raise ValueError(
+                    f"User feature {name!r} has {len(values)} values for {len(self.ids)} "
+                    "users; give one value per user id."
+                )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, user_ids: Any) -> np.ndarray:
+        """Rows of ``user_ids`` (int64; -1 for ids not in the table)."""
+        return positions(self.ids, user_ids)
+
+    def to_frame(self) -> pd.DataFrame:
+        """``user_id`` and the feature columns, one row per user."""
+        return pd.DataFrame({"user_id": self.ids, **{k: list(v) for k, v in self.features.items()}})
+
+
+@dataclass(frozen=True)
+class IdSpace:
+    """How a tower turns the values of one id column into rows of its embedding table.
+
+    - ``kind="vocabulary"``: ``ids`` (most frequent first) own rows
+      ``oov_buckets .. oov_buckets + len(ids) - 1``; any other id (rare, or never seen
+      in training) falls into one of the ``oov_buckets`` rows before them, chosen by
+      hash. This is exactly tf-keras ``StringLookup(vocabulary=list(ids),
+      num_oov_indices=oov_buckets, mask_token=None)``.
+    - ``kind="hashed"``: no vocabulary; every id, seen or not, gets ``num_hashes`` rows
+      of a ``num_buckets``-row table, one per salt: tf-keras ``Hashing(num_buckets,
+      salt=salt)`` (SipHash keyed by the salt) for each ``salt`` in ``salts``; the
+      tower sums (or averages) the rows. Distinct ids can share a row (a collision);
+      with two hashes, two ids share their whole representation only when both rows
+      collide.
+
+    Args:
+        kind: ``"vocabulary"`` or ``"hashed"``.
+        ids: Vocabulary ids, most frequent first (empty for ``hashed``).
+        counts: Training counts of ``ids``, or None.
+        oov_buckets: Rows for out-of-vocabulary ids (``vocabulary``; >= 1).
+        num_buckets: Rows of the hashed table (``hashed``).
+        salts: One ``(k0, k1)`` SipHash key per hash (``hashed``).
+
+    Example:
+        >>> space = IdSpace("vocabulary", np.array(["b", "a"], dtype=object), oov_buckets=2)
+        >>> space.num_rows, space.rows_per_id
+        (4, 1)
+        >>> IdSpace("hashed", num_buckets=1000, salts=((1, 2), (3, 4))).rows_per_id
+        2
+    """
+
+    kind: str
+    ids: np.ndarray = field(default_factory=lambda: np.array([], dtype=object))
+    counts: np.ndarray | None = None
+    oov_buckets: int = 1
+    num_buckets: int = 0
+    salts: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ID_SPACE_KINDS:
+            raise ValueError(
+                f"`kind` must be one of {ID_SPACE_KINDS}. Received: kind={self.kind!r}"
+            )
+        if self.kind == "vocabulary" and self.oov_buckets < 1:
+            raise ValueError(
+                f"`oov_buckets` must be >= 1. Received: oov_buckets={self.oov_buckets!r}"
+            )
+        if self.kind == "hashed" and (self.num_buckets < 1 or not self.salts):
+            raise ValueError(
+                "A hashed id space needs `num_buckets` >= 1 and at least one salt. "
+                f"Received: num_buckets={self.num_buckets!r}, salts={self.salts!r}"
+            )
+        if self.counts is not None and len(self.counts) != len(self.ids):
+            raise ValueError(f"`counts` has {len(self.counts)} values for {len(self.ids)} ids.")
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of the embedding table this id space indexes."""
+        return self.oov_buckets + len(self.ids) if self.kind == "vocabulary" else self.num_buckets
+
+    @property
+    def rows_per_id(self) -> int:
+        """Rows each id maps to (1, or the number of hashes)."""
+        return 1 if self.kind == "vocabulary" else len(self.salts)
 
 
 @dataclass(frozen=True)
@@ -436,6 +554,30 @@ class InteractionData(Protocol):
 
     def test_dataset(self) -> tf.data.Dataset:
         """Test batches."""
+
+
+@runtime_checkable
+class FeatureData(Protocol):
+    """Optional, next to :class:`InteractionData`: declared side features and id spaces.
+
+    A data module that declares its towers' inputs (e.g.
+    :class:`~recsys.data.interactions.InteractionsDataModule`) provides these; models
+    check ``isinstance(data, FeatureData)`` and otherwise keep their defaults, so the
+    modules that do not (MovieLens) work unchanged.
+    """
+
+    def feature_kinds(self) -> Mapping[str, Mapping[str, str]]:
+        """``{"user": {name: kind}, "item": {name: kind}}``, kinds from ``FEATURE_KINDS``.
+
+        Item features are columns of :meth:`InteractionData.catalogue`, user features
+        columns of :meth:`user_table`.
+        """
+
+    def user_table(self) -> UserFeatures:
+        """Every user the data knows (all splits), with the declared user features."""
+
+    def id_space(self, tower: str) -> IdSpace:
+        """How ``"user"`` or ``"item"`` ids map to embedding rows (vocabulary or hashed)."""
 
 
 @runtime_checkable
