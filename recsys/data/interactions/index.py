@@ -6,6 +6,7 @@ over the blocks of the log and writes, atomically::
     <cache folder>/
         manifest.json      files (path, size, mtime), columns, split, cutoffs, row counts
         blocks.parquet     one row per block: where it is, its rows per split
+        labels.u8          the split of every row (one byte a row, in log order)
         users.parquet      every user id: rows in train / val / test, first row, hash
         items.parquet      the same for items
         rows/              normalized copies of CSV/TSV files (and of Parquet files
@@ -33,6 +34,7 @@ import pyarrow.parquet as pq
 from recsys.data.interactions.cache import atomic_folder
 from recsys.data.interactions.config import ITEM, USER, LogColumns, SplitSpec
 from recsys.data.interactions.counting import IdCounter, IdTable, SplitCounts
+from recsys.data.interactions.errors import LogError
 from recsys.data.interactions.files import (
     LogFile,
     iter_csv_batches,
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
 MANIFEST = "manifest.json"
+LABELS = "labels.u8"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,23 @@ class LogIndex:
     items: IdTable
     rows: SplitCounts
     seconds: float = 0.0
+
+    def labels(self, block: int) -> np.ndarray:
+        """The split (0 train, 1 val, 2 test) of each row of block ``block`` (uint8).
+
+        The counting pass computed them with :attr:`splitter` and saved them (one byte
+        a row) so that later passes need not hash every row again.
+        """
+        table = self.blocks.table
+        rows, first = int(table["rows"][block]), int(table["first_row"][block])
+        labels = np.fromfile(self.folder / LABELS, dtype=np.uint8, count=rows, offset=first)
+        if len(labels) != rows:
+            raise LogError(
+                str(self.folder / LABELS),
+                f"is shorter than the log ({first + len(labels)} of {first + rows} rows)",
+                "delete the data module's cache folder (data.cache_dir) and run again",
+            )
+        return labels
 
 
 def _timestamp_passes(files: Sequence[LogFile], columns: LogColumns) -> Iterator[np.ndarray]:
@@ -132,14 +152,16 @@ def build_index(
         pieces = iter_normalized_pieces(
             files, columns, tmp / "rows", block_rows, max_row_group_rows
         )
-        for block, table in pieces:
-            user_ids, item_ids = table.column(USER), table.column(ITEM)
-            user_hashes, item_hashes = hash_strings(user_ids), hash_strings(item_ids)
-            labels = splitter.labels(table, user_hashes, item_hashes)
-            users.add(user_ids, user_hashes, labels, block["first_row"])
-            items.add(item_ids, item_hashes, labels, block["first_row"])
-            described.append(block)
-            split_rows.append(np.bincount(labels, minlength=3))
+        with (tmp / LABELS).open("wb") as labels_file:
+            for block, table in pieces:
+                user_ids, item_ids = table.column(USER), table.column(ITEM)
+                user_hashes, item_hashes = hash_strings(user_ids), hash_strings(item_ids)
+                labels = splitter.labels(table, user_hashes, item_hashes)
+                users.add(user_ids, user_hashes, labels, block["first_row"])
+                items.add(item_ids, item_hashes, labels, block["first_row"])
+                labels.tofile(labels_file)
+                described.append(block)
+                split_rows.append(np.bincount(labels, minlength=3))
         blocks = block_table(described, np.asarray(split_rows).reshape(-1, 3))
         pq.write_table(blocks.to_arrow(), tmp / "blocks.parquet")
         pq.write_table(users.result().to_arrow(), tmp / "users.parquet")
