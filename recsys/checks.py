@@ -23,9 +23,12 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_fraction",
+    "check_int",
     "check_nonnegative",
+    "check_nonnegative_int",
     "check_positive",
     "check_positive_int",
 ]
@@ -48,6 +51,39 @@ def check_positive_int(name: str, value: Any) -> int:
     if not _is_integer(value) or value <= 0:
         raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
     return int(value)
+
+
+def check_nonnegative_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 0 (Python or NumPy integers; not bools).
+
+    Raises:
+        ValueError: ``value`` is not an integer, or is < 0.
+    """
+    if not _is_integer(value) or value < 0:
+        raise ValueError(f"`{name}` must be an integer >= 0. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_int(name: str, value: Any) -> int:
+    """``value`` as an int (Python or NumPy integers; not bools, not floats).
+
+    Raises:
+        ValueError: ``value`` is not an integer.
+    """
+    if not _is_integer(value):
+        raise ValueError(f"`{name}` must be an integer. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` itself when it is a bool (Python or NumPy), so ``"no"`` is not True.
+
+    Raises:
+        ValueError: ``value`` is not a bool (the message says to write true or false).
+    """
+    if not isinstance(value, bool) and type(value).__name__ not in ("bool_", "bool"):
+        raise ValueError(f"`{name}` must be true or false. Received: {name}={value!r}")
+    return bool(value)
 
 
 def check_positive(name: str, value: Any) -> float:

@@ -14,6 +14,15 @@ of one run::
       curves.png              training curves
       export/                 SavedModel with a ``serving_default`` signature
       items.parquet           item ids and titles, for ``python -m recsys.recommend``
+      .lock                   names the process using the directory (see RunLock)
+
+One process at a time uses a run directory: :class:`RunLock` holds an exclusive
+``flock`` on ``.lock`` for as long as the run lives (the kernel drops it when the
+process dies, even by ``kill -9``), and the file names that process (pid, host, start
+time, command) for the message a second run gets. Every file here is written under a
+temporary name and renamed into place, so a run killed at any moment leaves each
+artifact complete (old or new) or absent; :func:`remove_partial_files` clears what a
+killed run left under a temporary name.
 
 This module does not import TensorFlow (the training loop's Keras callbacks live in
 :mod:`recsys.training`), so it is safe to use before the hardware plan is applied.
@@ -21,20 +30,32 @@ This module does not import TensorFlow (the training loop's Keras callbacks live
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+import shlex
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 __all__ = [
+    "RunDirectoryBusy",
+    "RunDirectoryLock",
+    "RunLock",
     "RunPaths",
+    "atomic_path",
     "check_resumable",
     "config_changes",
     "metric_value",
@@ -42,6 +63,9 @@ __all__ = [
     "project_root",
     "read_history",
     "register_resolvers",
+    "remove_partial_files",
+    "replace_directory",
+    "run_lock",
     "save_config",
     "write_history",
     "write_metrics",
@@ -111,6 +135,278 @@ class RunPaths:
     def items(self) -> Path:
         """Item ids and titles for recommendations (``items.parquet``)."""
         return self.root / "items.parquet"
+
+    @property
+    def lock(self) -> Path:
+        """The lock file naming the process that uses the directory (``.lock``)."""
+        return self.root / ".lock"
+
+
+# ----------------------------------------------------------- one run per directory
+
+
+class RunDirectoryBusy(RuntimeError):
+    """Another live process is using the run directory."""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _read_owner(fd: int) -> dict[str, Any] | None:
+    try:
+        text = os.pread(fd, 65536, 0).decode("utf-8", "replace").strip()
+        return json.loads(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def _describe_owner(owner: Mapping[str, Any] | None) -> str:
+    if not owner:
+        return "a process that is starting (the lock names no process yet)"
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
+    return (
+        f"pid {owner.get('pid')} on host {owner.get('host')}, started {started}: "
+        f"{owner.get('command', '?')}"
+    )
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while a run uses it.
+
+    ``RUN_DIR/.lock`` is locked with ``flock`` and names its holder (JSON: pid, host,
+    start time, command). The kernel releases the lock when the holder dies, however
+    it dies, so a lock file left by a killed run is stale by construction: the next
+    run takes it over and says so (:attr:`stale_owner`). Where the filesystem refuses
+    ``flock``, the holder is judged alive when its pid runs on this host.
+
+    Args:
+        root: The run directory (created if missing).
+
+    Example:
+        >>> lock = RunLock(Path("runs/ml")).acquire()  # RunDirectoryBusy if in use
+        >>> lock.release()
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.path = RunPaths(self.root).lock
+        self.stale_owner: dict[str, Any] | None = None
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self) -> RunLock:
+        """Take the lock, or raise :class:`RunDirectoryBusy` naming the live holder."""
+        if self._fd is not None:
+            return self
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _read_owner(fd)
+            os.close(fd)
+            raise self._busy(owner) from None
+        except OSError as err:  # no flock here (some network filesystems)
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            owner = _read_owner(fd)
+            if (
+                owner
+                and owner.get("host") == socket.gethostname()
+                and owner.get("pid") != os.getpid()
+                and _process_alive(int(owner.get("pid", 0)))
+            ):
+                os.close(fd)
+                raise self._busy(owner) from None
+        previous = _read_owner(fd)
+        if previous and (previous.get("pid"), previous.get("host")) != (
+            os.getpid(),
+            socket.gethostname(),
+        ):
+            self.stale_owner = previous
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "command": shlex.join(sys.argv),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Clear the file and drop the lock (a no-op when not held)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)  # an empty lock file names no one
+        finally:
+            os.close(fd)  # closing drops the flock
+
+    def _busy(self, owner: Mapping[str, Any] | None) -> RunDirectoryBusy:
+        return RunDirectoryBusy(
+            f"{self.root} is in use by another run: {_describe_owner(owner)}. Wait for it "
+            "to end, stop it (kill PID), or give this run another directory "
+            "(hydra.run.dir=...)."
+        )
+
+
+# Locks this process holds, by directory: the Hydra callback takes a run's lock before
+# Hydra writes into the directory, and train() takes it again (a no-op then).
+_HELD: dict[Path, tuple[RunLock, int]] = {}
+
+
+@contextlib.contextmanager
+def run_lock(root: Path) -> Iterator[RunLock]:
+    """Hold ``root``'s :class:`RunLock` for the block; re-entrant within a process.
+
+    Raises:
+        RunDirectoryBusy: Another live process uses ``root``.
+
+    Example:
+        >>> with run_lock(Path("runs/ml")) as lock:  # doctest: +SKIP
+        ...     train_in(lock.root)
+    """
+    key = Path(root).resolve()
+    if key in _HELD:
+        lock, count = _HELD[key]
+        _HELD[key] = (lock, count + 1)
+    else:
+        lock = RunLock(key).acquire()
+        _HELD[key] = (lock, 1)
+    try:
+        yield lock
+    finally:
+        lock, count = _HELD[key]
+        if count == 1:
+            del _HELD[key]
+            lock.release()
+        else:
+            _HELD[key] = (lock, count - 1)
+
+
+class RunDirectoryLock(Callback):
+    """Hydra callback: lock a single run's directory before Hydra writes into it.
+
+    Registered in ``conf/hydra/default.yaml``. A second ``python -m recsys.train`` on
+    a directory a live run uses stops here, before touching its ``.hydra/`` records or
+    its log, with one message naming that run and exit status 3. Multirun jobs get
+    their lock from :func:`recsys.train.train`, each in its own directory.
+    """
+
+    def __init__(self) -> None:
+        self._block: contextlib.AbstractContextManager[RunLock] | None = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Take the lock of ``hydra.run.dir``; exit with a message when it is in use."""
+        from recsys.training.errors import EXIT_RUN_DIR_BUSY
+
+        block = run_lock(Path(str(config.hydra.run.dir)))
+        try:
+            block.__enter__()
+        except RunDirectoryBusy as err:
+            print(f"Error: {err}", file=sys.stderr)
+            sys.exit(EXIT_RUN_DIR_BUSY)
+        self._block = block
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Drop the lock."""
+        if self._block is not None:
+            self._block.__exit__(None, None, None)
+            self._block = None
+
+
+# ------------------------------------------------------- complete or absent files
+
+
+def _temporary_name(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary file name next to ``path``; on success, rename it to ``path``.
+
+    Example:
+        >>> with atomic_path(run.items) as tmp:  # doctest: +SKIP
+        ...     frame.to_parquet(tmp)
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(path, "tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def replace_directory(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder name next to ``path``; on success it replaces ``path``.
+
+    The writer creates the folder (``tf.saved_model.save`` does). Readers see the old
+    folder, then for the instant between two renames none, then the new one; never
+    a half-written one.
+
+    Example:
+        >>> with replace_directory(run.export) as tmp:  # doctest: +SKIP
+        ...     model.export(str(tmp))
+    """
+    tmp = _temporary_name(path, "tmp")
+    old = _temporary_name(path, "old")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_partial_files(run: RunPaths) -> list[Path]:
+    """Delete what a killed run left under a temporary name in the run directory.
+
+    Call while holding the directory's lock (no live run can be writing them).
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    if not run.root.is_dir():
+        return removed
+    for path in run.root.iterdir():
+        name = path.name
+        temporary = name.endswith(".tmp") or (
+            name.startswith(".") and (".tmp-" in name or ".old-" in name)
+        )
+        if not temporary:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 # ----------------------------------------------------------------------- config
@@ -241,9 +537,8 @@ def _jsonable(value: Any) -> Any:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     """Write through a temporary file and rename, so a killed run never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_history(path: Path, history: Mapping[str, Sequence[float]]) -> None:
@@ -358,5 +653,5 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: Path, title: str =
         axes[0].set_axis_off()
     if title:
         figure.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100, format="png")

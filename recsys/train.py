@@ -10,7 +10,13 @@ Examples::
 
 Everything a run writes goes to Hydra's run directory (``hydra.run.dir``); see
 :mod:`recsys.run` for the layout. Run the same command with the same run directory
-again and training resumes from the last completed epoch.
+again and training resumes from the last checkpoint (an epoch end, a step checkpoint,
+or where a SIGTERM/SIGINT stopped it). One run at a time uses a run directory.
+
+A mistake the user can fix (a config value or key, a data file, a busy run directory,
+no usable checkpoint) or an interruption ends with one message on stderr and a
+non-zero exit status (see :mod:`recsys.training.errors`), not a traceback;
+``HYDRA_FULL_ERROR=1`` shows the traceback too.
 
 This module is the thin entry: it builds the data and the :class:`~recsys.training.Trainer`
 from the config, and the trainer builds, fits, evaluates and exports the model. The
@@ -22,8 +28,10 @@ its top level.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +39,21 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from recsys.checks import check_int
 from recsys.run import (
     RunPaths,
     check_resumable,
     metric_value,
     plot_curves,
+    read_history,
     register_resolvers,
+    remove_partial_files,
+    run_lock,
     save_config,
     write_metrics,
 )
+from recsys.training.errors import TrainingInterrupted, describe, reading
+from recsys.training.signals import StopSignals
 
 __all__ = ["main", "train"]
 
@@ -48,21 +62,28 @@ log = logging.getLogger(__name__)
 register_resolvers()
 
 
-def _apply_hardware(cfg: DictConfig, run_dir: Path) -> None:
-    """Apply ``cfg.hardware`` before TensorFlow is imported, then size its thread pools.
+def _plan_hardware(cfg: DictConfig, run_dir: Path) -> Any:
+    """Apply ``cfg.hardware`` (environment, pinning) before TensorFlow is imported."""
+    from recsys.hardware import apply_hardware_plan
+
+    with warnings.catch_warnings():
+        if "tensorflow" in sys.modules:
+            warnings.filterwarnings("ignore", message="TensorFlow was imported before")
+        with reading("hardware", cfg.get("hardware")):
+            return apply_hardware_plan(cfg.get("hardware"), run_dir=run_dir)
+
+
+def _start_tensorflow(plan: Any) -> None:
+    """Start TensorFlow with the plan's thread pools.
 
     When TensorFlow is already running in this process (a test, or the second job of
     an in-process multirun), thread pools that differ from the plan cannot be changed
     any more: that is reported as a warning, not an error.
     """
     from recsys._env import quiet_tensorflow_startup
-    from recsys.hardware import apply_hardware_plan, configure_tensorflow_threads
+    from recsys.hardware import configure_tensorflow_threads
 
-    tf_was_imported = "tensorflow" in sys.modules
-    with warnings.catch_warnings():
-        if tf_was_imported:
-            warnings.filterwarnings("ignore", message="TensorFlow was imported before")
-        plan = apply_hardware_plan(cfg.get("hardware"), run_dir=run_dir)
+    tf_was_running = "tensorflow" in sys.modules
     try:
         with quiet_tensorflow_startup():  # TensorFlow starts here: import, devices
             configure_tensorflow_threads(plan)
@@ -70,13 +91,40 @@ def _apply_hardware(cfg: DictConfig, run_dir: Path) -> None:
 
             tf.config.list_logical_devices()
     except RuntimeError as err:
-        if not tf_was_imported:
+        if not tf_was_running:
             raise
         log.warning("Thread pools keep their earlier size: %s", err)
 
 
+def _read(group: str, cfg: DictConfig, build: Callable[..., Any]) -> Callable[..., Any]:
+    """``build``, with what it refuses reported as a mistake in ``cfg[group]``."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with reading(group, cfg[group]):
+            return build(*args, **kwargs)
+
+    return call
+
+
+def _write_interrupted(run: RunPaths, err: TrainingInterrupted, cfg: DictConfig) -> None:
+    """metrics.json of an interrupted run: its status, where it stopped, its history."""
+    history = read_history(run.history, sys.maxsize)
+    write_metrics(
+        run.metrics,
+        {},
+        history,
+        status="interrupted",
+        interrupted={"signal": err.signum, "epoch": err.epoch, "step": err.step},
+        epochs=len(history.get("epoch", [])),
+        task_name=cfg.get("task_name"),
+    )
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Build data and trainer from ``cfg``; build, fit, evaluate, export; write artifacts.
+
+    The run directory is locked for the run (one run per directory); SIGTERM and
+    SIGINT stop training at the next step with a checkpoint saved.
 
     Args:
         cfg: The composed config (``conf/train.yaml`` plus overrides).
@@ -85,47 +133,79 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ``(metrics, objects)``: the final metrics (``test/...``, and ``val/...`` when
         ``trainer.val_metrics``) and the objects built (``datamodule``, ``trainer``,
         ``model``, ``optimizer``, ``history``, ``paths``).
+
+    Raises:
+        RunDirectoryBusy: Another live process uses the run directory.
+        ConfigError, DataError: A config value or a data file is refused.
+        CheckpointError: The run directory holds checkpoints, none of them usable.
+        TrainingInterrupted: A SIGTERM or SIGINT stopped the run.
     """
     run = RunPaths(Path(cfg.paths.output_dir).resolve())
-    run.root.mkdir(parents=True, exist_ok=True)
-    check_resumable(cfg, run)
-    _apply_hardware(cfg, run.root)
-    save_config(cfg, run.config)
+    with run_lock(run.root) as lock, StopSignals() as stop:
+        if lock.stale_owner:
+            log.warning("Took over the lock of a run that is gone: %s", lock.stale_owner)
+        remove_partial_files(run)
+        check_resumable(cfg, run)
+        plan = _plan_hardware(cfg, run.root)
+        stop.phase = "loading data"
+        log.info("Loading data <%s>", cfg.data._target_)
+        data = _read("data", cfg, lambda: instantiate(cfg.data).setup())()
+        stop.phase = "starting TensorFlow"
+        _start_tensorflow(plan)  # TensorFlow only now, after the hardware plan
 
-    from recsys._tf import keras  # TensorFlow only now, after the hardware plan
+        from recsys._tf import keras
 
-    keras.backend.clear_session()
-    if cfg.get("seed") is not None:
-        keras.utils.set_random_seed(int(cfg.seed))
-    log.info("Loading data <%s>", cfg.data._target_)
-    data = instantiate(cfg.data)
-    data.setup()
-    trainer = instantiate(cfg.trainer)
-    log.info("Building model <%s>", cfg.model._target_)
-    model_fn = instantiate(cfg.model, _partial_=True)
-    model = trainer.build(model_fn, instantiate(cfg.optimizer, _partial_=True), data)
-
-    fit = trainer.fit(model, data, run)
-    metrics = trainer.evaluate(model, data)
-    trainer.export_model(model, data, run)
-    write_metrics(
-        run.metrics,
-        metrics,
-        fit.history,
-        epochs=fit.completed_epochs,
-        resumed_from_epoch=fit.initial_epoch,
-        train_seconds=fit.train_seconds,
-        task_name=cfg.get("task_name"),
-    )
-    plot_curves(fit.history, run.curves, title=str(cfg.get("task_name") or ""))
+        keras.backend.clear_session()
+        if cfg.get("seed") is not None:
+            keras.utils.set_random_seed(_read("seed", cfg, check_int)("seed", cfg.seed))
+        trainer = _read("trainer", cfg, instantiate)(cfg.trainer)
+        stop.phase = "building the model"
+        log.info("Building model <%s>", cfg.model._target_)
+        model_fn = _read("model", cfg, instantiate(cfg.model, _partial_=True))
+        optimizer_fn = _read("optimizer", cfg, instantiate(cfg.optimizer, _partial_=True))
+        model = trainer.build(model_fn, optimizer_fn, data)
+        save_config(cfg, run.config)
+        try:
+            fit = trainer.fit(model, data, run, stop)
+            stop.phase = "evaluating"
+            metrics = trainer.evaluate(model, data)
+            stop.phase = "exporting"
+            trainer.export_model(model, data, run)
+        except TrainingInterrupted as err:
+            _write_interrupted(run, err, cfg)
+            raise
+        write_metrics(
+            run.metrics,
+            metrics,
+            fit.history,
+            status="completed",
+            epochs=fit.completed_epochs,
+            resumed_from_epoch=fit.initial_epoch,
+            resumed_from_step=fit.initial_step,
+            train_seconds=fit.train_seconds,
+            task_name=cfg.get("task_name"),
+        )
+        plot_curves(fit.history, run.curves, title=str(cfg.get("task_name") or ""))
     log.info("Artifacts in %s", run.root)
     objects = {"datamodule": data, "trainer": trainer, "model": model, "paths": run}
     return metrics, {**objects, "optimizer": model.optimizer, "history": fit.history}
 
 
+def _report(message: str) -> None:
+    """Print ``message`` to stderr, and into the run's log file when there is one."""
+    print(message, file=sys.stderr, flush=True)
+    record = logging.LogRecord(__name__, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://recsys.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point: train and return ``cfg.optimized_metric``'s value (for sweeps).
+
+    A mistake the user can fix, or an interruption, exits with one message and its
+    status (:func:`recsys.training.errors.describe`) instead of a traceback.
 
     Args:
         cfg: Composed by Hydra from ``conf/train.yaml`` and the command line.
@@ -133,8 +213,17 @@ def main(cfg: DictConfig) -> float | None:
     Returns:
         The value of the metric named by ``optimized_metric``, or None when unset.
     """
-    metrics, _ = train(cfg)
-    return metric_value(metrics, cfg.get("optimized_metric"))
+    try:
+        metrics, _ = train(cfg)
+        with reading("optimized_metric", cfg.get("optimized_metric")):
+            return metric_value(metrics, cfg.get("optimized_metric"))
+    except Exception as err:
+        described = describe(err)
+        if described is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        status, message = described
+        _report(message if isinstance(err, TrainingInterrupted) else f"Error: {message}")
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -95,14 +95,20 @@ def test_main_returns_optimized_metric(tmp_path: Path) -> None:
     assert value == pytest.approx(written["val/rmse"])
 
 
-def test_unknown_optimized_metric_names_the_choices(tmp_path: Path) -> None:
+def test_unknown_optimized_metric_names_the_choices(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = compose_train(
         ["trainer.epochs=1", "optimized_metric=val/nope", "trainer.export=false"],
         run_dir=tmp_path,
         fake=True,
     )
-    with pytest.raises(KeyError, match=r"val/nope.*test/rmse"):
+    with pytest.raises(SystemExit) as exit_info:
         main.__wrapped__(cfg)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("Error: optimized_metric='val/nope' is not among")
+    assert "test/rmse" in message
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_state(tmp_path: Path) -> None:

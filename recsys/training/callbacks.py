@@ -1,42 +1,146 @@
-"""Keras callbacks of a training run: epoch checkpoints and the per-epoch history."""
+"""Keras callbacks of a training run: checkpoints (steps, time, epochs, stop signals)
+and the per-epoch history."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from recsys._tf import keras
+from recsys.checks import check_nonnegative, check_nonnegative_int
 from recsys.run import write_history
-from recsys.training.checkpoints import TrainingState
+from recsys.training.checkpoints import Position, TrainingState
+from recsys.training.errors import TrainingInterrupted
+from recsys.training.signals import StopSignals
 
-__all__ = ["EpochCheckpoint", "HistoryRecorder"]
+__all__ = ["HistoryRecorder", "TrainingCheckpoints"]
 
 log = logging.getLogger(__name__)
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Save a :class:`TrainingState` at the end of every epoch.
+class TrainingCheckpoints(keras.callbacks.Callback):
+    """Save a :class:`TrainingState` during training, and stop cleanly on a signal.
+
+    Saves at every epoch end; within an epoch, every ``every_steps`` steps (counted
+    from the start of the run, so a resumed run saves at the same steps) and when
+    ``every_seconds`` have passed since the last save. When ``stop`` has recorded a
+    SIGTERM or SIGINT, it saves after the current step and raises
+    :class:`~recsys.training.errors.TrainingInterrupted` (on an epoch's last step it
+    lets the epoch end, validation included, and stops after the epoch's checkpoint).
 
     Args:
         state: What to save.
+        steps_per_epoch: Steps in an epoch; None when unknown (then only epoch ends
+            are saved and a stop request waits for the epoch end).
+        start: Where this ``fit`` starts (a resumed run's restored position).
+        every_steps: Save every this many steps (0: not by steps).
+        every_seconds: Save when this many seconds passed since the last save (0: not
+            by time).
+        stop: The run's stop signals (None: signals are not handled here).
+        clock: Seconds, monotonic (tests pass a fake).
+
+    Example:
+        >>> saver = TrainingCheckpoints(state, steps_per_epoch=11, every_steps=5)
+        >>> model.fit(data.repeat(), steps_per_epoch=11, epochs=3, callbacks=[saver])  # doctest: +SKIP
     """
 
-    def __init__(self, state: TrainingState) -> None:
+    def __init__(
+        self,
+        state: TrainingState,
+        steps_per_epoch: int | None,
+        start: Position | None = None,
+        every_steps: int = 0,
+        every_seconds: float = 0.0,
+        stop: StopSignals | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.state = state
+        self.steps_per_epoch = steps_per_epoch
+        self.start = start or Position()
+        self.every_steps = check_nonnegative_int("every_steps", every_steps)
+        self.every_seconds = check_nonnegative("every_seconds", every_seconds)
+        self.stop = stop
+        self.clock = clock
+        self.saved: list[str] = []
+        self._epoch = self.start.epoch
+        self._epoch_start = 0.0
+        self._last_save = 0.0
+        self._first_batch = True
+
+    def _number(self, position: Position) -> int:
+        if self.steps_per_epoch is None:
+            return position.epoch
+        return position.global_step(self.steps_per_epoch)
+
+    def _save(self, position: Position) -> str:
+        path = self.state.save(position, self._number(position))
+        self._last_save = self.clock()
+        self.saved.append(path)
+        log.info("Saved checkpoint %s (epoch %d, step %d)", path, position.epoch, position.step)
+        return path
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        """Start the time since the last save."""
+        self._last_save = self.clock()
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        """Start the epoch timer; a resumed epoch gets back its metrics and its time."""
+        self._epoch = epoch
+        resumed = epoch == self.start.epoch and self.start.step > 0
+        if resumed:
+            self.state.restore_metrics()
+        self._epoch_start = self.clock() - (self.start.seconds if resumed else 0.0)
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
-        """After the first step, check that a restored checkpoint matched the model."""
-        if batch == 0:
+        """Save when a step or time interval is due, or a stop was requested."""
+        if self._first_batch:
+            self._first_batch = False
+            expected = self.start.step if self._epoch == self.start.epoch else 0
+            if batch != expected:
+                raise RuntimeError(
+                    f"The resumed epoch started at step {batch}, not at step {expected}: this "
+                    "tf-keras version ignores the resume position recsys gives fit(). Pin "
+                    "tf-keras to a tested version (2.15-2.21)."
+                )
             self.state.assert_restored()
+        if self.steps_per_epoch is None:
+            return
+        done = batch + 1
+        if done >= self.steps_per_epoch:
+            return  # the epoch end saves
+        position = Position(self._epoch, done, self.clock() - self._epoch_start)
+        stopping = self.stop is not None and self.stop.requested
+        due = (
+            self.every_steps and position.global_step(self.steps_per_epoch) % self.every_steps == 0
+        ) or (self.every_seconds and self.clock() - self._last_save >= self.every_seconds)
+        if not (due or stopping):
+            return
+        path = self._save(position)
+        if stopping:
+            assert self.stop is not None and self.stop.signum is not None
+            raise TrainingInterrupted(
+                self.stop.signum,
+                f"saved checkpoint {Path(path).name} at epoch {position.epoch + 1}, step "
+                f"{done} of {self.steps_per_epoch}. Run the same command again to resume there.",
+                epoch=position.epoch,
+                step=done,
+            )
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        """Save with the number of completed epochs (``epoch + 1``)."""
-        path = self.state.save(epoch + 1)
-        log.debug("Saved checkpoint %s", path)
+        """Save with ``epoch + 1`` completed epochs; stop here if a stop was requested."""
+        path = self._save(Position(epoch + 1, 0, 0.0))
+        if self.stop is not None and self.stop.signum is not None:
+            raise TrainingInterrupted(
+                self.stop.signum,
+                f"saved checkpoint {Path(path).name} at the end of epoch {epoch + 1}. Run the "
+                "same command again to resume there.",
+                epoch=epoch + 1,
+                step=0,
+            )
 
 
 class HistoryRecorder(keras.callbacks.Callback):
@@ -46,17 +150,26 @@ class HistoryRecorder(keras.callbacks.Callback):
         path: ``history.json``, rewritten at each epoch end.
         history: History of the epochs already completed (from a previous run of
             the same run directory); extended in place.
+        start: Where this ``fit`` starts; a resumed epoch's time counts the seconds
+            spent in it before the interruption.
     """
 
-    def __init__(self, path: Path, history: dict[str, list[float]] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        history: dict[str, list[float]] | None = None,
+        start: Position | None = None,
+    ) -> None:
         super().__init__()
         self.path = path
         self.history: dict[str, list[float]] = history if history is not None else {}
+        self.start = start or Position()
         self._epoch_start = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         """Start the epoch timer."""
-        self._epoch_start = time.perf_counter()
+        resumed = epoch == self.start.epoch and self.start.step > 0
+        self._epoch_start = time.perf_counter() - (self.start.seconds if resumed else 0.0)
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         """Append this epoch's logs, write ``history.json`` and log one line."""

@@ -4,23 +4,42 @@
 model and optimizer, fit (resuming from the run directory's last checkpoint), evaluate
 and export. Everything about *how* a model is trained lives here: checkpoints and
 resume, the data order of resumed epochs, batch limits, callbacks, TensorBoard.
+
+How a resumed run sees the data an uninterrupted one would. The data modules'
+training pipelines draw a fresh seeded order each time an iterator is made (over the
+same dataset object, ``repeat()`` included), so the order of epoch ``k`` is the
+``k``-th draw. :meth:`Trainer.fit` hands Keras ``train.repeat()`` with
+``steps_per_epoch`` (one iterator for the whole fit, one draw per epoch), after
+drawing once more than the completed epochs (the first draw is the iterator earlier
+versions let Keras make and never use, so every order stays what it was). A run
+resumed ``s`` steps into an epoch skips the ``s`` batches it already trained on
+(``Dataset.skip`` on that epoch's order) and starts Keras's epoch at step ``s``
+(the counter tf-keras's own ``BackupAndRestore`` sets; that callback, unlike this,
+restarts the epoch's data from its first batch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from recsys._tf import keras, tf
-from recsys.checks import check_positive_int
+from recsys.checks import (
+    check_bool,
+    check_nonnegative,
+    check_nonnegative_int,
+    check_positive_int,
+)
 from recsys.data.contract import InteractionData, TextData
-from recsys.run import RunPaths, read_history
-from recsys.training.callbacks import EpochCheckpoint, HistoryRecorder
-from recsys.training.checkpoints import TrainingState
+from recsys.run import RunPaths, atomic_path, read_history, replace_directory
+from recsys.training.callbacks import HistoryRecorder, TrainingCheckpoints
+from recsys.training.checkpoints import Position, TrainingState
+from recsys.training.signals import StopSignals
 
 __all__ = ["FitResult", "Trainer"]
 
@@ -37,11 +56,16 @@ class FitResult:
         history: Per-epoch history of every completed epoch (earlier runs' included).
         initial_epoch: Epochs already completed when this fit started (0: a new run).
         completed_epochs: Epochs completed when it ended.
+        initial_step: Steps of epoch ``initial_epoch + 1`` already done when it started
+            (a run resumed from a step checkpoint).
+        checkpoints: The checkpoints this fit saved, in order.
     """
 
     history: dict[str, list[float]]
     initial_epoch: int
     completed_epochs: int
+    initial_step: int = 0
+    checkpoints: tuple[str, ...] = ()
 
     @property
     def train_seconds(self) -> float:
@@ -62,13 +86,52 @@ def _limit(dataset: tf.data.Dataset, batches: int | None) -> tf.data.Dataset:
     return dataset if batches is None else dataset.take(batches)
 
 
+def _known_steps(dataset: tf.data.Dataset) -> int | None:
+    steps = int(dataset.cardinality())
+    return steps if steps > 0 else None
+
+
+class _ResumeAt:
+    """Answers tf-keras's ``fit`` when it asks where to start (epoch, step).
+
+    ``Model.fit`` asks ``model._training_state`` for its initial counters; tf-keras's
+    ``BackupAndRestore`` installs its own object there the same way.
+    """
+
+    def __init__(self, position: Position) -> None:
+        self.position = position
+
+    def maybe_load_initial_counters_from_ckpt(
+        self, steps_per_epoch: int | None, initial_epoch: int, mode: Any = None
+    ) -> tuple[int, int]:
+        return self.position.epoch, self.position.step
+
+
+@contextlib.contextmanager
+def _starting_at(model: keras.Model, position: Position) -> Iterator[None]:
+    model._training_state = _ResumeAt(position)
+    try:
+        yield
+    finally:
+        model._training_state = None
+
+
 class Trainer:
     """Builds, fits (with resume), evaluates and exports a model in a run directory.
 
-    A fit resumes from the run directory's last checkpoint when there is one: weights,
-    optimizer slots, the epoch count and the history continue where they stopped, and
-    the data order of the remaining epochs is the one an uninterrupted run would have
-    seen. Checkpoints are saved at every epoch end.
+    A fit resumes from the run directory's last usable checkpoint when there is one:
+    weights, optimizer slots (``iterations`` too), the position in the data, the
+    running metrics of a cut epoch and the history continue where they stopped, and
+    the remaining batches come in the order an uninterrupted run would have seen.
+    Checkpoints are saved at every epoch end, every ``checkpoint_every_steps`` steps,
+    every ``checkpoint_every_seconds`` seconds, and when a SIGTERM or SIGINT stops the
+    run (see :meth:`fit`).
+
+    Step-level checkpoints need the epoch's length from tf.data and batch-level Keras
+    callbacks. A distribution strategy that lacks them (ParameterServerStrategy:
+    steps run on remote workers, no batch-level callbacks) returns False from
+    :meth:`supports_step_checkpoints`; then checkpoints stay at epoch granularity and
+    a stop signal is honoured at the next epoch end.
 
     Example:
         >>> trainer = Trainer(epochs=3, tensorboard=False)
@@ -84,8 +147,15 @@ class Trainer:
         validate: Compute the validation loss after each epoch (when there is a
             validation split).
         val_metrics: Also report ``val/...`` metrics at the end.
-        resume: Restart from the run directory's last checkpoint when there is one.
-        checkpoint_max_to_keep: Checkpoints kept in the run directory.
+        resume: Restart from the run directory's last checkpoint when there is one;
+            False deletes the directory's checkpoints and starts over.
+        checkpoint_max_to_keep: Checkpoints kept in the run directory (step and
+            epoch checkpoints together; at least 2 lets a corrupted newest one fall
+            back to the one before it).
+        checkpoint_every_steps: Also checkpoint every this many training steps,
+            counted from the start of the run (0: not by steps).
+        checkpoint_every_seconds: Also checkpoint when this many seconds passed since
+            the last checkpoint (0: not by time).
         tensorboard: Write TensorBoard logs.
         export: Write the model's SavedModel export (and the item table).
         verbose: Keras ``fit`` verbosity: ``"auto"`` (a progress bar on a terminal,
@@ -105,6 +175,8 @@ class Trainer:
         val_metrics: bool = True,
         resume: bool = True,
         checkpoint_max_to_keep: int = 2,
+        checkpoint_every_steps: int = 0,
+        checkpoint_every_seconds: float = 0.0,
         tensorboard: bool = True,
         export: bool = True,
         verbose: str | int = "auto",
@@ -121,24 +193,49 @@ class Trainer:
             if limit_val_batches is None
             else check_positive_int("limit_val_batches", limit_val_batches)
         )
-        self.validate = bool(validate)
-        self.val_metrics = bool(val_metrics)
-        self.resume = bool(resume)
+        self.validate = check_bool("validate", validate)
+        self.val_metrics = check_bool("val_metrics", val_metrics)
+        self.resume = check_bool("resume", resume)
         self.checkpoint_max_to_keep = check_positive_int(
             "checkpoint_max_to_keep", checkpoint_max_to_keep
         )
-        self.tensorboard = bool(tensorboard)
-        self.export = bool(export)
+        self.checkpoint_every_steps = check_nonnegative_int(
+            "checkpoint_every_steps", checkpoint_every_steps
+        )
+        self.checkpoint_every_seconds = check_nonnegative(
+            "checkpoint_every_seconds", checkpoint_every_seconds
+        )
+        self.tensorboard = check_bool("tensorboard", tensorboard)
+        self.export = check_bool("export", export)
         if verbose not in VERBOSITY:
             raise ValueError(f"`verbose` must be one of {VERBOSITY}. Received: verbose={verbose!r}")
         self.verbose = verbose
+        if isinstance(callbacks, str | bytes) or not isinstance(callbacks, Sequence):
+            raise ValueError(
+                f"`callbacks` must be a list of Keras callbacks. Received: callbacks={callbacks!r}"
+            )
         self.callbacks = list(callbacks)
         for callback in self.callbacks:
             if not isinstance(callback, keras.callbacks.Callback):
                 raise ValueError(
                     "`callbacks` must hold Keras callbacks (tf_keras.callbacks.Callback). "
-                    f"Received: {callback!r}"
+                    f"Received: callbacks={self.callbacks!r}"
                 )
+            if isinstance(callback, keras.callbacks.BackupAndRestore):
+                raise ValueError(
+                    "`callbacks` must not hold BackupAndRestore: the trainer checkpoints "
+                    "and resumes by itself (trainer.checkpoint_every_steps, "
+                    f"trainer.checkpoint_every_seconds). Received: callbacks={self.callbacks!r}"
+                )
+
+    def supports_step_checkpoints(self) -> bool:
+        """Whether checkpoints may be saved within an epoch (True here).
+
+        A trainer for a strategy without batch-level callbacks or a known epoch length
+        (ParameterServerStrategy) overrides this to return False: checkpoints then stay
+        at epoch granularity and stop signals are honoured at epoch ends.
+        """
+        return True
 
     # ------------------------------------------------------------------ build
     def build(
@@ -183,66 +280,123 @@ class Trainer:
             )
         ]
 
-    def fit(self, model: keras.Model, data: Any, run: RunPaths) -> FitResult:
+    def fit(
+        self,
+        model: keras.Model,
+        data: Any,
+        run: RunPaths,
+        stop: StopSignals | None = None,
+    ) -> FitResult:
         """Train ``model`` on ``data``'s training split, resuming ``run``'s checkpoint.
 
         Args:
             model: A compiled model (see :meth:`build`).
             data: The set-up data module (``train_dataset()``, ``val_dataset()``).
             run: The run directory: checkpoints, history and TensorBoard logs go there.
+            stop: The run's stop signals: a SIGTERM or SIGINT during the fit saves a
+                checkpoint after the current step and raises
+                :class:`~recsys.training.errors.TrainingInterrupted`.
 
         Returns:
             The history and the epochs completed before and after.
+
+        Raises:
+            CheckpointError: The run directory holds checkpoints, none usable.
+            TrainingInterrupted: A stop signal arrived; the checkpoint is saved.
         """
         state = TrainingState(model, model.optimizer, run.checkpoints, self.checkpoint_max_to_keep)
-        initial_epoch = state.restore() if self.resume else 0
-        history = read_history(run.history, initial_epoch)
+        if self.resume:
+            start = state.restore()
+        else:
+            state.discard()
+            start = Position()
+        history = read_history(run.history, start.epoch)
         has_val = self._has_validation(data)
         if not has_val:
             log.info(
                 "No validation split (e.g. data.val_fraction=0): no validation, no val/ metrics"
             )
-        if initial_epoch >= self.epochs:
+        if start.epoch >= self.epochs:
             log.info(
-                "Nothing to train: %d of %d epochs already completed", initial_epoch, self.epochs
+                "Nothing to train: %d of %d epochs already completed", start.epoch, self.epochs
             )
             state.expect_partial()
-            return FitResult(history, initial_epoch, state.completed_epochs)
+            return FitResult(history, start.epoch, state.completed_epochs)
 
         train_data = _limit(data.train_dataset(), self.limit_train_batches)
-        if int(train_data.cardinality()) == tf.data.UNKNOWN_CARDINALITY:
+        steps = _known_steps(train_data)
+        if steps is None:
             # Keras then learns the epoch length by running into the end of the first
             # epoch; that last, empty step still advances optimizer.iterations.
             log.warning(
-                "The training dataset's length is unknown to tf.data; each fit() then takes "
-                "one extra optimizer step count (Adam's bias correction shifts by one), so "
-                "a resumed run is close to, not bit-identical with, an uninterrupted one. "
-                "Fix: end the pipeline with tf.data.experimental.assert_cardinality(batches)."
+                "The training dataset's length is unknown to tf.data: checkpoints are saved "
+                "at epoch ends only, and each fit() takes one extra optimizer step count "
+                "(Adam's bias correction shifts by one), so a resumed run is close to, not "
+                "bit-identical with, an uninterrupted one. Fix: end the pipeline with "
+                "tf.data.experimental.assert_cardinality(batches)."
             )
-        # Keras makes one iterator before the first epoch and a fresh one per epoch; a
-        # seeded shuffle draws its order when an iterator is made. Drawing the orders of
-        # the epochs already done keeps a resumed run on the uninterrupted run's orders.
-        for _ in range(initial_epoch):
-            iter(train_data)
+        if start.step and (steps is None or start.step >= steps):
+            log.warning(
+                "The checkpoint is %d steps into epoch %d, but that epoch now has %s steps "
+                "(the data or trainer.limit_train_batches changed): the epoch restarts.",
+                start.step,
+                start.epoch + 1,
+                steps or "an unknown number of",
+            )
+            start = Position(start.epoch)
+        step_level = steps is not None and self.supports_step_checkpoints()
+        if not step_level and (self.checkpoint_every_steps or self.checkpoint_every_seconds):
+            log.warning("Checkpoints are saved at epoch ends only in this run (see above).")
+
+        if steps is None:
+            # Keras makes one iterator before the first epoch and a fresh one per epoch.
+            for _ in range(start.epoch):
+                iter(train_data)
+            x, length = train_data, {}
+        else:
+            for _ in range(start.epoch + 1):  # see the module docstring
+                iter(train_data)
+            x = train_data.repeat()
+            if start.step:
+                x = x.skip(start.step)
+            length = {"steps_per_epoch": steps}
         val_data = None
         if self.validate and has_val:
             val_data = _limit(data.val_dataset(), self.limit_val_batches)
+        saver = TrainingCheckpoints(
+            state,
+            steps_per_epoch=steps,
+            start=start,
+            every_steps=self.checkpoint_every_steps if step_level else 0,
+            every_seconds=self.checkpoint_every_seconds if step_level else 0.0,
+            stop=stop,
+        )
         callbacks = [
-            HistoryRecorder(run.history, history),
-            EpochCheckpoint(state),
+            HistoryRecorder(run.history, history, start=start),
+            saver,
             *self._tensorboard(run),
             *self.callbacks,
         ]
-        log.info("Training epochs %d..%d", initial_epoch + 1, self.epochs)
-        model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=self.epochs,
-            initial_epoch=initial_epoch,
-            callbacks=callbacks,
-            verbose=self._verbosity(),
+        log.info(
+            "Training epochs %d..%d%s",
+            start.epoch + 1,
+            self.epochs,
+            f" from step {start.step + 1}" if start.step else "",
         )
-        return FitResult(history, initial_epoch, state.completed_epochs)
+        deferred = stop.deferred() if stop is not None else contextlib.nullcontext()
+        with deferred, _starting_at(model, start):
+            model.fit(
+                x,
+                validation_data=val_data,
+                epochs=self.epochs,
+                initial_epoch=start.epoch,
+                callbacks=callbacks,
+                verbose=self._verbosity(),
+                **length,
+            )
+        return FitResult(
+            history, start.epoch, state.completed_epochs, start.step, tuple(saver.saved)
+        )
 
     # --------------------------------------------------------------- evaluate
     def evaluate(self, model: keras.Model, data: Any) -> dict[str, float]:
@@ -264,7 +418,11 @@ class Trainer:
         """
         if not self.export:
             return
-        model.export(str(run.export))
+        # Written under a temporary name and renamed: a killed export leaves the old
+        # export (or none), never half of one.
+        with replace_directory(run.export) as tmp:
+            model.export(str(tmp))
         log.info("Exported SavedModel to %s", run.export)
         if isinstance(data, InteractionData):
-            data.catalogue().to_frame().to_parquet(run.items, index=False)
+            with atomic_path(run.items) as tmp:
+                data.catalogue().to_frame().to_parquet(tmp, index=False)
