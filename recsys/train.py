@@ -147,9 +147,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         remove_partial_files(run)
         check_resumable(cfg, run)
         plan = _plan_hardware(cfg, run.root)
-        stop.phase = "loading data"
         log.info("Loading data <%s>", cfg.data._target_)
-        data = _read("data", cfg, lambda: instantiate(cfg.data).setup())()
+        _read("data", cfg, hydra.utils.get_class)(cfg.data._target_)  # imports: not interrupted
+        with stop.immediate("loading data"):
+            data = _read("data", cfg, lambda: instantiate(cfg.data).setup())()
         stop.phase = "starting TensorFlow"
         _start_tensorflow(plan)  # TensorFlow only now, after the hardware plan
 
@@ -164,13 +165,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         model_fn = _read("model", cfg, instantiate(cfg.model, _partial_=True))
         optimizer_fn = _read("optimizer", cfg, instantiate(cfg.optimizer, _partial_=True))
         model = trainer.build(model_fn, optimizer_fn, data)
+        stop.check()
         save_config(cfg, run.config)
         try:
+            stop.phase = "training"
             fit = trainer.fit(model, data, run, stop)
-            stop.phase = "evaluating"
-            metrics = trainer.evaluate(model, data)
-            stop.phase = "exporting"
-            trainer.export_model(model, data, run)
+            with stop.immediate("evaluating"):
+                metrics = trainer.evaluate(model, data)
+            with stop.immediate("exporting"):
+                trainer.export_model(model, data, run)
         except TrainingInterrupted as err:
             _write_interrupted(run, err, cfg)
             raise

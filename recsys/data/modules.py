@@ -14,16 +14,40 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from recsys.checks import check_choice, check_fraction, check_int, check_positive_int
 from recsys.data import splits
 from recsys.data.frames import FrameInteractionData, FrameTextData
 from recsys.data.imdb import Imdb, load_imdb
-from recsys.data.movielens import MovieLens, get_variant, load_movielens
+from recsys.data.movielens import VARIANTS, MovieLens, get_variant, load_movielens
 from recsys.data.vocabulary import vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
     from recsys._tf import keras, tf
 
 SPLITS = ("random", "leave_last_out", "time")
+
+
+def _check_path(name: str, value: Any) -> Any:
+    """A path argument: None, a string or a path-like (existence is checked on load)."""
+    if value is not None and not isinstance(value, str | os.PathLike):
+        raise ValueError(f"`{name}` must be a path (a string) or null. Received: {name}={value!r}")
+    return value
+
+
+def _check_time_cutoff(value: Any) -> Any:
+    """``time_cutoff``: None, Unix seconds, or a date pandas can read."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str):
+        try:
+            pd.Timestamp(value)
+            return value
+        except ValueError:
+            pass
+    raise ValueError(
+        "`time_cutoff` must be null, Unix seconds or a date such as 1998-03-01. "
+        f"Received: time_cutoff={value!r}"
+    )
 
 
 class _SplitDatasets:
@@ -107,20 +131,21 @@ class MovieLensDataModule(FrameInteractionData, _SplitDatasets):
         batch_size: int = 4096,
         time_cutoff: int | str | None = None,
     ):
-        get_variant(variant)  # fail at construction on a typo
+        try:
+            get_variant(variant)  # fail at construction on a typo
+        except ValueError:
+            check_choice("variant", variant, sorted(VARIANTS))
+        self.variant = variant
+        self.path = _check_path("path", path)
+        self.data_dir = _check_path("data_dir", data_dir)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}. Received: split={split!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
-        self.variant = variant
-        self.path = path
-        self.data_dir = data_dir
         self.split = split
-        self.test_fraction = float(test_fraction)
-        self.val_fraction = float(val_fraction)
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
-        self.time_cutoff = time_cutoff
+        self.test_fraction = check_fraction("test_fraction", test_fraction)
+        self.val_fraction = check_fraction("val_fraction", val_fraction, allow_zero=True)
+        self.seed = check_int("seed", seed)
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.time_cutoff = _check_time_cutoff(time_cutoff)
         self.data: MovieLens | None = None
         self.train: pd.DataFrame | None = None
         self.val: pd.DataFrame | None = None
@@ -255,15 +280,13 @@ class ImdbDataModule(FrameTextData, _SplitDatasets):
         seed: int = 42,
         batch_size: int = 32,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
-        self.path = path
-        self.data_dir = data_dir
-        self.max_tokens = int(max_tokens)
-        self.sequence_length = int(sequence_length)
-        self.val_fraction = float(val_fraction)
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
+        self.path = _check_path("path", path)
+        self.data_dir = _check_path("data_dir", data_dir)
+        self.max_tokens = check_positive_int("max_tokens", max_tokens)
+        self.sequence_length = check_positive_int("sequence_length", sequence_length)
+        self.val_fraction = check_fraction("val_fraction", val_fraction, allow_zero=True)
+        self.seed = check_int("seed", seed)
+        self.batch_size = check_positive_int("batch_size", batch_size)
         self.data: Imdb | None = None
         self.train: pd.DataFrame | None = None
         self.val: pd.DataFrame | None = None

@@ -227,16 +227,22 @@ class MovieLens:
 # --------------------------------------------------------------------------- parsing
 
 
+def _on_scale(ratings: np.ndarray, low: float, steps: float) -> np.ndarray:
+    """Ratings in [low, 5] on a grid of 1/steps stars; NaN and inf are not."""
+    with np.errstate(invalid="ignore"):  # NaN and inf fail the test, quietly
+        return (ratings >= low) & (ratings <= 5) & (np.mod(ratings * steps, 1) == 0)
+
+
 def _rating_check(variant: Variant) -> Check:
     if variant.half_stars:
         return Check(
             "rating",
-            lambda r: (r >= 0.5) & (r <= 5.0) & (np.mod(r * 2, 1) == 0),
+            lambda r: _on_scale(r, 0.5, 2),
             f"rating outside {variant.title}'s scale 0.5..5 in half stars",
         )
     return Check(
         "rating",
-        lambda r: (r >= 1) & (r <= 5) & (np.mod(r, 1) == 0),
+        lambda r: _on_scale(r, 1, 1),
         f"rating outside {variant.title}'s scale 1..5 in whole stars",
     )
 

@@ -202,11 +202,26 @@ def reading(group: str, node: Any) -> Iterator[None]:
     except (DataError, ConfigError, TrainingInterrupted):
         raise
     except _REFUSALS as err:
+        interrupted = _in_chain(err, TrainingInterrupted)
+        if interrupted is not None:  # a signal during an import Hydra wrapped
+            raise interrupted from None
         cause = _instantiation_cause(err)
         if cause is not None and isinstance(cause, DataError):
             raise cause from err
         group_key = _instantiation_key(err) or group
         raise config_error(group_key, _node_at(node, group, group_key), cause or err) from err
+
+
+def _in_chain(err: BaseException, kind: type[BaseException]) -> Any:
+    """The first exception of type ``kind`` among ``err``'s causes and contexts."""
+    seen = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _instantiation_cause(err: BaseException) -> BaseException | None:
@@ -249,8 +264,9 @@ def describe(err: BaseException) -> tuple[int, str] | None:
     from recsys.data.sources.errors import DataError
     from recsys.run import RunDirectoryBusy
 
-    if isinstance(err, TrainingInterrupted):
-        return err.exit_code, str(err)
+    interrupted = _in_chain(err, TrainingInterrupted)
+    if interrupted is not None:
+        return interrupted.exit_code, str(interrupted)
     if isinstance(err, RunDirectoryBusy):
         return EXIT_RUN_DIR_BUSY, str(err)
     if isinstance(err, CheckpointError):

