@@ -180,9 +180,12 @@ def table_queries(
     return TableQueries()
 
 
-def _fresh_process(args: list[str], env_extra: dict[str, str] | None = None) -> dict[str, Any]:
+def _fresh_process(args: list[str], tensorflow_only: bool = False) -> dict[str, Any]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    env.update(env_extra or {})
+    if tensorflow_only:
+        # As a stock server would run: no recsys environment (it makes TensorFlow
+        # import tf-keras for `tf.keras`).
+        env.pop("TF_USE_LEGACY_KERAS", None)
     proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(
@@ -194,7 +197,7 @@ def _fresh_process(args: list[str], env_extra: dict[str, str] | None = None) -> 
 def measure_latency(model: Path, users: list[str], k: int, warmup: int = 20) -> dict[str, Any]:
     """Single-request latency of ``serving_default`` in a fresh TensorFlow-only process."""
     payload = {"model": str(model), "users": users, "k": k, "warmup": warmup}
-    out = _fresh_process(["-c", _LATENCY_SCRIPT, json.dumps(payload)])
+    out = _fresh_process(["-c", _LATENCY_SCRIPT, json.dumps(payload)], tensorflow_only=True)
     ms = out["ms"]
     return {
         "load_seconds": out["load_seconds"],
@@ -428,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "--items", default=",".join(map(str, ITEMS)), help="comma-separated catalogue sizes"
     )
     parser.add_argument(
-        "--users", type=int, default=20_000, help="stored users (all scored in the batch run)"
+        "--users", type=int, default=10_000, help="stored users (all scored in the batch run)"
     )
     parser.add_argument("--requests", type=int, default=500, help="single requests timed per model")
     parser.add_argument(

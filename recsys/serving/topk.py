@@ -81,21 +81,32 @@ def exclusion_pairs(exclude: Any) -> tuple[Any, Any]:
     return tf.boolean_mask(tf.cast(queries, tf.int64), keep), tf.boolean_mask(rows, keep)
 
 
-def select_top_k(scores: Any, k: Any) -> tuple[Any, Any]:
+def select_top_k(scores: Any, k: Any, above: Any = None) -> tuple[Any, Any]:
     """``tf.math.top_k`` of ``scores`` [B, n] (``k <= n``), faster for k much below n.
 
-    TensorFlow's CPU top-k costs about 18 ns per score whatever ``k``. This reads the
-    maximum of each group of 32 scores (a vectorized reduction), takes the ``k``
+    TensorFlow's CPU top-k costs about the same per score whatever ``k``. This reads
+    the maximum of each group of 32 scores (a vectorized reduction), takes the ``k``
     groups with the highest maxima, and runs top-k over their ``32 k`` scores only. It
     is exact: the groups holding the top ``k`` scores are among those ``k`` groups.
     Ties go to the lower index, as in ``tf.math.top_k``: the chosen groups are read in
     index order, and among equal maxima the lower group is chosen.
 
+    Args:
+        scores: float ``[B, n]``.
+        k: int scalar, ``0 <= k <= n``.
+        above: Optional float ``[B]``: only scores strictly above a row's threshold
+            are wanted (the k-th best found so far, when merging blocks). Then only
+            ``k' = min(k, most such scores in any row)`` columns come back, which
+            holds all of them, and the work shrinks with ``k'``.
+
     Returns:
-        ``(values, indices)``, each ``[B, k]``.
+        ``(values, indices)``, each ``[B, k]`` (``[B, k']`` with ``above``).
     """
     k = tf.cast(k, tf.int32)
     batch, width = tf.shape(scores)[0], tf.shape(scores)[1]
+    if above is not None:
+        wanted = tf.reduce_sum(tf.cast(scores > above[:, None], tf.int32), axis=1)
+        k = tf.minimum(k, tf.reduce_max(tf.concat([wanted, [0]], axis=0)))
 
     def grouped() -> tuple[Any, Any]:
         groups = (width + _GROUP - 1) // _GROUP
@@ -208,7 +219,15 @@ def top_k(
             )
             fill = tf.fill(tf.shape(where)[:1], neg_inf)
             scores = tf.tensor_scatter_nd_update(scores, where, fill)
-        values, indices = select_top_k(scores, tf.minimum(k, stop - start))
+        # Once k items are kept, a block item can only enter by beating the k-th
+        # (equal loses: kept items have lower rows), so fewer candidates are needed.
+        kept = tf.shape(best_scores, tf.int64)[1]
+        threshold = tf.cond(
+            (kept >= k) & (k > 0),
+            lambda: best_scores[:, tf.maximum(k - 1, 0)],
+            lambda: tf.fill(tf.shape(best_scores)[:1], neg_inf),
+        )
+        values, indices = select_top_k(scores, tf.minimum(k, stop - start), above=threshold)
         # The best so far come first and hold lower rows than this block, and top_k
         # keeps the earlier of equal values: ties go to the lower row.
         scores = tf.concat([best_scores, values], axis=1)
@@ -233,5 +252,10 @@ def top_k(
         ],
         parallel_iterations=parallel_iterations,
     )
+    # Blocks return only what can still enter, so when exclusions leave fewer than k
+    # items the width can fall short of k: pad it.
+    missing = tf.stack([batch, tf.cast(k, tf.int32) - tf.shape(scores)[1]])
+    scores = tf.concat([scores, tf.fill(missing, neg_inf)], axis=1)
+    rows = tf.concat([rows, tf.fill(missing, -1)], axis=1)
     rows = tf.where(scores > neg_inf, rows, tf.constant(-1, tf.int32))
     return TopK(scores, rows)
