@@ -19,6 +19,7 @@ Nothing here imports TensorFlow (:mod:`recsys.data.interactions.pipelines` wraps
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,14 @@ from recsys.data.interactions.config import ITEM, RATING, TIMESTAMP, USER
 from recsys.data.interactions.index import LogIndex
 from recsys.data.interactions.layout import BlockReader
 
-__all__ = ["EpochPlan", "WindowRows", "epoch_windows", "plan_epoch"]
+__all__ = [
+    "EpochPlan",
+    "WindowRows",
+    "epoch_batches",
+    "epoch_windows",
+    "fixed_width",
+    "plan_epoch",
+]
 
 _KEY_MASK = (1 << 63) - 1
 
@@ -88,34 +96,71 @@ def plan_epoch(
 
 @dataclass(frozen=True)
 class WindowRows:
-    """The rows of one window, as buffers TensorFlow turns into tensors cheaply.
+    """The rows of one window in epoch order, as arrays TensorFlow converts cheaply.
 
-    Strings stay in their Arrow byte buffer; each row is a ``(start, length)`` into it
-    (``tf.strings.substr`` cuts them out), so no Python string is ever made.
+    Ids are fixed-width byte strings (NumPy ``S`` arrays, NUL-padded, which
+    ``tf.constant`` turns into ``tf.string`` without making a Python object per
+    row); ids longer than :data:`MAX_FIXED_WIDTH` bytes come as object arrays.
     """
 
-    user_data: bytes
-    user_start: np.ndarray
-    user_length: np.ndarray
-    item_data: bytes
-    item_start: np.ndarray
-    item_length: np.ndarray
+    user_id: np.ndarray
+    item_id: np.ndarray
     rating: np.ndarray | None
     timestamp: np.ndarray | None
 
     def __len__(self) -> int:
-        return len(self.user_start)
+        return len(self.user_id)
+
+    def slice(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows ``start:stop`` as a batch dict (only the columns the log has)."""
+        batch = {"user_id": self.user_id[start:stop], "item_id": self.item_id[start:stop]}
+        if self.rating is not None:
+            batch["rating"] = self.rating[start:stop]
+        if self.timestamp is not None:
+            batch["timestamp"] = self.timestamp[start:stop]
+        return batch
 
 
-def _string_rows(array: pa.Array, rows: np.ndarray) -> tuple[bytes, np.ndarray, np.ndarray]:
+MAX_FIXED_WIDTH = 64
+_MASKS = np.array([(1 << (8 * r)) - 1 for r in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
+
+
+def fixed_width(array: pa.Array, rows: np.ndarray) -> np.ndarray:
+    """Strings ``rows`` of an Arrow string array as a NumPy ``S`` array (NUL-padded).
+
+    Each string is read as whole little-endian 8-byte words straight from the Arrow
+    buffer (one gather per word, whatever the alignment), so a row costs a few
+    nanoseconds; strings longer than :data:`MAX_FIXED_WIDTH` bytes come back as an
+    object array of ``bytes`` instead.
+
+    Example:
+        >>> fixed_width(pa.array(["ab", "", "abcdefghij"]), np.array([2, 0, 1])).tolist()
+        [b'abcdefghij', b'ab', b'']
+    """
     offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[
         array.offset : array.offset + len(array) + 1
     ]
+    lengths = np.diff(offsets)
+    longest = int(lengths.max()) if len(lengths) else 0
+    if longest > MAX_FIXED_WIDTH:
+        return np.asarray(
+            [s.encode() for s in array.take(pa.array(rows)).to_pylist()], dtype=object
+        )
     data = array.buffers()[2]
-    payload = b"" if data is None else data[int(offsets[0]) : int(offsets[-1])].to_pybytes()
-    starts = (offsets[:-1] - offsets[0])[rows]
-    lengths = np.diff(offsets)[rows]
-    return payload, starts.astype(np.int32), lengths.astype(np.int32)
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
+    padded = np.zeros(len(raw) + 8, dtype=np.uint8)
+    padded[: len(raw)] = raw
+    words = np.ndarray(shape=(len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))
+    width = max(1, -(-longest // 8))
+    starts = np.take(offsets, rows).astype(np.int64)
+    lengths = np.take(lengths, rows)
+    out = np.empty((len(rows), width), dtype="<u8")
+    for word in range(width):
+        remaining = np.clip(lengths - 8 * word, 0, 8)
+        out[:, word] = (
+            np.take(words, np.minimum(starts + 8 * word, len(words) - 1)) & _MASKS[remaining]
+        )
+    return out.view(f"S{8 * width}").reshape(len(rows))
 
 
 def epoch_windows(
@@ -149,19 +194,85 @@ def epoch_windows(
             tables.append(reader.read(int(block), features=False))
             labels.append(index.labels(int(block)))
         table = pa.concat_tables(tables).combine_chunks()
-        rows = np.flatnonzero(np.concatenate(labels) == split)
+        rows = np.flatnonzero(np.concatenate(labels) == split).astype(np.int32)
         if len(rows) != plan.rows[number]:  # pragma: no cover - labels.u8 and blocks agree
             raise RuntimeError(f"Window {number}: {len(rows)} rows, planned {plan.rows[number]}.")
         if seed is not None:
-            rows = rows[
-                np.random.default_rng([seed, int(key) & _KEY_MASK, number]).permutation(len(rows))
-            ]
+            # int32 shuffles faster than int64 (a window is far below 2**31 rows).
+            order = np.arange(len(rows), dtype=np.int32)
+            np.random.default_rng([seed, int(key) & _KEY_MASK, number]).shuffle(order)
+            rows = np.take(rows, order)
         rows = rows[max(0, start_row - int(starts[number])) :]
-        user = _string_rows(table.column(USER).chunk(0), rows)
-        item = _string_rows(table.column(ITEM).chunk(0), rows)
         rating = timestamp = None
         if RATING in table.column_names:
-            rating = table.column(RATING).to_numpy()[rows]
+            rating = np.take(table.column(RATING).chunk(0).to_numpy(), rows)
         if TIMESTAMP in table.column_names:
-            timestamp = table.column(TIMESTAMP).to_numpy()[rows]
-        yield WindowRows(*user, *item, rating, timestamp)
+            timestamp = np.take(table.column(TIMESTAMP).chunk(0).to_numpy(), rows)
+        yield WindowRows(
+            fixed_width(table.column(USER).chunk(0), rows),
+            fixed_width(table.column(ITEM).chunk(0), rows),
+            rating,
+            timestamp,
+        )
+
+
+def _read_ahead(windows: Iterator[WindowRows]) -> Iterator[WindowRows]:
+    """``windows``, the next one prepared in a thread while the current one is used.
+
+    Reading Parquet, shuffling and gathering release the GIL, so on two cores the
+    next window is ready while TensorFlow converts the batches of this one.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-window")
+    try:
+        pending = pool.submit(next, windows, None)
+        while True:
+            window = pending.result()
+            if window is None:
+                return
+            pending = pool.submit(next, windows, None)
+            yield window
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def epoch_batches(
+    index: LogIndex,
+    split: int,
+    plan: EpochPlan,
+    batch_size: int,
+    seed: int | None = None,
+    key: int = 0,
+    start_batch: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The epoch's batches from batch ``start_batch`` on: full batches but the last.
+
+    Batch ``b`` holds rows ``b * batch_size`` to ``(b + 1) * batch_size`` of the
+    epoch's row sequence (a batch may span two windows), so starting at ``b`` gives
+    exactly the batches an uninterrupted epoch gives from ``b`` on.
+
+    Example:
+        >>> batches = epoch_batches(index, 0, plan, 4096, seed=42, key=7)  # doctest: +SKIP
+        >>> next(batches)["user_id"].dtype  # doctest: +SKIP
+        dtype('S8')
+    """
+    windows = epoch_windows(index, split, plan, seed, key, start_batch * batch_size)
+    held: list[dict[str, np.ndarray]] = []
+    held_rows = 0
+    for window in _read_ahead(windows):
+        position = 0
+        if held:
+            take = min(batch_size - held_rows, len(window))
+            held.append(window.slice(0, take))
+            held_rows += take
+            position = take
+            if held_rows < batch_size:
+                continue
+            yield {name: np.concatenate([part[name] for part in held]) for name in held[0]}
+            held, held_rows = [], 0
+        while len(window) - position >= batch_size:
+            yield window.slice(position, position + batch_size)
+            position += batch_size
+        if position < len(window):
+            held, held_rows = [window.slice(position, len(window))], len(window) - position
+    if held:
+        yield {name: np.concatenate([part[name] for part in held]) for name in held[0]}

@@ -71,6 +71,14 @@ _HOW_TO_FIX = {
 }
 
 
+_ROLE_NAMES = {
+    "user_column": "a user id column",
+    "item_column": "an item id column",
+    "rating_column": "a rating column",
+    "timestamp_column": "a timestamp column",
+}
+
+
 @dataclass(frozen=True)
 class LogFile:
     """One file of a log.
@@ -243,8 +251,13 @@ def file_schema(file: LogFile) -> pa.Schema:
 
 
 def _missing_column(file: str, role: str, column: str, names: Sequence[str]) -> LogError:
-    close = difflib.get_close_matches(column, names, n=3, cutoff=0.6)
-    close += [n for n in names if n.lower() == column.lower() and n not in close]
+    lowered = column.lower()
+    close = [n for n in names if n.lower() == lowered]
+    close += [
+        n for n in difflib.get_close_matches(column, names, n=3, cutoff=0.6) if n not in close
+    ]
+    # A declared name inside a column's name or the reverse ("user" / "user_id").
+    close += [n for n in names if (lowered in n.lower() or n.lower() in lowered) and n not in close]
     shown = ", ".join(repr(n) for n in names[:20]) + (" ..." if len(names) > 20 else "")
     problem = f"not found; the file has {shown}"
     if close:
@@ -290,7 +303,7 @@ def check_schemas(files: Sequence[LogFile], columns: LogColumns) -> list[pa.Sche
             accepts = _ACCEPTS[kinds.get(role, role)]
             if family not in accepts:
                 kind = kinds.get(role)
-                what = f"a {kind} feature" if kind else role.replace("_column", "s")
+                what = f"a {kind} feature" if kind else _ROLE_NAMES[role]
                 raise LogError(
                     file.path,
                     f"is {schema.field(column).type}, which {what} cannot use "

@@ -249,7 +249,7 @@ class BlockReader:
             out = read_row_groups(path, groups, columns.normalized_columns())
         else:
             raw = read_row_groups(path, groups, columns.source_columns())
-            out = normalize(raw, columns, path, int(table["file_row"][block]))
+            out = normalize(raw, columns, path, int(table["file_row"][block]), checked=True)
         if len(out) != int(table["rows"][block]):
             raise LogError(
                 self.blocks.sources[entry],

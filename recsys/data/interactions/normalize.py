@@ -48,9 +48,10 @@ _TZ_SUFFIX = r"(Z|z|[+-]\d\d:?\d\d)\s*$"
 class _Where:
     """Names the file and turns a position in the piece into a data row."""
 
-    def __init__(self, file: str, first_row: int):
+    def __init__(self, file: str, first_row: int, checked: bool = False):
         self.file = file
         self.first_row = first_row
+        self.checked = checked
 
     def row(self, index: int) -> int:
         return self.first_row + int(index) + 1
@@ -64,6 +65,11 @@ def _array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
     return array
+
+
+def _all(mask: pa.Array) -> bool:
+    """Whether every value of a boolean array is true (an empty array is)."""
+    return pc.all(mask).as_py() is not False
 
 
 def _first_true(mask: pa.Array) -> int:
@@ -100,7 +106,20 @@ def _no_nulls(array: pa.Array, column: str, where: _Where, what: str) -> None:
 
 def _ids(array: pa.Array, column: str, where: _Where) -> pa.Array:
     _no_nulls(array, column, where, "ids")
-    return array if array.type == pa.string() else pc.cast(array, pa.string())
+    ids = array if array.type == pa.string() else pc.cast(array, pa.string())
+    if not where.checked:
+        # Ids travel to TensorFlow as NUL-padded fixed-width bytes: a NUL inside an
+        # id would be cut off there.
+        nul = pc.match_substring(ids, "\x00")
+        if pc.any(nul).as_py():
+            bad = _first_true(nul)
+            raise where.error(
+                column,
+                f"the id {_shown(ids[bad].as_py())} at data row {where.row(bad)} contains "
+                "a NUL character",
+                "remove NUL characters from the ids",
+            )
+    return ids
 
 
 def _parse(
@@ -122,12 +141,14 @@ def _to_float(text: pa.Array) -> pa.Array:
 
 
 def _ratings(array: pa.Array, column: str, where: _Where) -> pa.Array:
+    if where.checked and type_family(array.type) != "string":
+        return pc.cast(array, pa.float32())
     _no_nulls(array, column, where, "ratings")
     if type_family(array.type) == "string":
         array = _parse(array, _to_float, column, where, "a number")
     values = pc.cast(array, pa.float64())
     finite = pc.is_finite(values)
-    if not pc.all(finite).as_py():
+    if not _all(finite):
         bad = _first_true(pc.invert(finite))
         raise where.error(
             column,
@@ -140,12 +161,12 @@ def _ratings(array: pa.Array, column: str, where: _Where) -> pa.Array:
 def _parse_times(text: pa.Array) -> pa.Array:
     """Text as Unix seconds: integers, or ISO-8601 (naive = UTC, or with an offset)."""
     text = pc.utf8_trim_whitespace(text)
-    if pc.all(pc.match_substring_regex(text, _INTEGER_TEXT)).as_py():
+    if _all(pc.match_substring_regex(text, _INTEGER_TEXT)):
         return pc.cast(text, pa.int64())
     has_zone = pc.match_substring_regex(text, _TZ_SUFFIX)
     if not pc.any(has_zone).as_py():
         return pc.cast(pc.cast(text, pa.timestamp("s")), pa.int64())
-    if pc.all(has_zone).as_py():
+    if _all(has_zone):
         return pc.cast(pc.cast(text, pa.timestamp("s", tz="UTC")), pa.int64())
     naive = pc.cast(pc.cast(pc.if_else(has_zone, None, text), pa.timestamp("s")), pa.int64())
     zoned = pc.cast(
@@ -168,7 +189,7 @@ def _timestamps(array: pa.Array, column: str, where: _Where) -> pa.Array:
         return pc.cast(pc.cast(array, unit_seconds, safe=False), pa.int64())
     if family == "float":
         finite = pc.is_finite(array)
-        if not pc.all(finite).as_py():
+        if not _all(finite):
             bad = _first_true(pc.invert(finite))
             raise where.error(
                 column,
@@ -227,7 +248,9 @@ def normalize_timestamps(
     return _timestamps(_array(column), name, _Where(file, first_row)).to_numpy()
 
 
-def normalize(table: pa.Table, columns: LogColumns, file: str, first_row: int = 0) -> pa.Table:
+def normalize(
+    table: pa.Table, columns: LogColumns, file: str, first_row: int = 0, checked: bool = False
+) -> pa.Table:
     """The normalized table of a piece of a log file (see the module docstring).
 
     Args:
@@ -235,6 +258,8 @@ def normalize(table: pa.Table, columns: LogColumns, file: str, first_row: int = 
         columns: The declared columns.
         file: Named in errors.
         first_row: Data rows of the file before this piece (for row numbers in errors).
+        checked: The piece was validated before (by the counting pass): skip the
+            checks that cost a pass over the values (finite ratings).
 
     Returns:
         A table with the columns of ``columns.normalized_columns()``, one chunk each.
@@ -247,7 +272,7 @@ def normalize(table: pa.Table, columns: LogColumns, file: str, first_row: int = 
         >>> normalize(raw, LogColumns("u", "i", rating="r"), "f.csv").to_pydict()
         {'user_id': ['1', '2'], 'item_id': ['a', 'b'], 'rating': [4.0, 5.5]}
     """
-    where = _Where(file, first_row)
+    where = _Where(file, first_row, checked)
     out = {
         USER: _ids(_array(table.column(columns.user)), columns.user, where),
         ITEM: _ids(_array(table.column(columns.item)), columns.item, where),
