@@ -52,10 +52,10 @@ from recsys.run import (
     save_config,
     write_metrics,
 )
-from recsys.training.errors import TrainingInterrupted, describe, reading
+from recsys.training.errors import EXIT_BAD_INPUT, TrainingInterrupted, describe, reading
 from recsys.training.signals import StopSignals
 
-__all__ = ["main", "train"]
+__all__ = ["cli", "main", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         _start_tensorflow(plan)  # TensorFlow only now, after the hardware plan
 
         from recsys._tf import keras
+        from recsys.training.trainer import check_learning_rate
 
         keras.backend.clear_session()
         if cfg.get("seed") is not None:
@@ -163,7 +164,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         stop.phase = "building the model"
         log.info("Building model <%s>", cfg.model._target_)
         model_fn = _read("model", cfg, instantiate(cfg.model, _partial_=True))
-        optimizer_fn = _read("optimizer", cfg, instantiate(cfg.optimizer, _partial_=True))
+        optimizer = _read("optimizer", cfg, instantiate(cfg.optimizer, _partial_=True))
+        optimizer_fn = _read("optimizer", cfg, lambda: check_learning_rate(optimizer()))
         model = trainer.build(model_fn, optimizer_fn, data)
         stop.check()
         save_config(cfg, run.config)
@@ -229,5 +231,43 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(status)
 
 
-if __name__ == "__main__":
+def _check_override_syntax(argv: list[str]) -> None:
+    """Exit with one message naming an override Hydra's grammar cannot read.
+
+    Hydra's own message for a syntax error says what the parser expected but not
+    which override it was; composition errors (an unknown key, a missing config)
+    already name the key and are left to Hydra.
+    """
+    try:  # Hydra's own command-line parser, so its flags are told from overrides
+        from hydra._internal.utils import get_args_parser
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.errors import OverrideParseException
+
+        overrides = get_args_parser().parse_known_args(argv)[0].overrides
+        parser = OverridesParser.create()
+    except Exception:  # pragma: no cover - Hydra reports it itself
+        return
+    for override in overrides:
+        try:
+            (parsed,) = parser.parse_overrides([override])
+            if not parsed.key_or_group:
+                raise OverrideParseException(override, "the key before '=' is empty")
+        except OverrideParseException as err:
+            first = str(err.message).strip().splitlines()[0]
+            _report(
+                f"Error: cannot read the override {override!r}: {first}. An override is "
+                "key=value (trainer.epochs=5), +key=value to add a key, or group=option "
+                "(optimizer=adam); quote values holding spaces or brackets "
+                "(https://hydra.cc/docs/advanced/override_grammar/basic/)."
+            )
+            sys.exit(EXIT_BAD_INPUT)
+
+
+def cli() -> None:
+    """``python -m recsys.train``: check the overrides' syntax, then run :func:`main`."""
+    _check_override_syntax(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -95,6 +95,7 @@ _ARGUMENT_PATTERNS = (
     re.compile(r"Received: (\w+)="),
     re.compile(r"missing \d+ required (?:positional|keyword-only) arguments?: '(\w+)'"),
     re.compile(r"`(\w+)`"),
+    re.compile(r"^(\w+) must be"),
 )
 
 
@@ -119,6 +120,24 @@ def _value(node: Any, name: str) -> tuple[bool, Any]:
             return True, OmegaConf.to_container(node, resolve=False)[name]
         except Exception:
             return False, None
+
+
+def _unresolvable(group: str, node: Any) -> tuple[str | None, Any]:
+    """The first key of ``node`` whose value does not resolve, with its raw value."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if not isinstance(node, DictConfig):
+            return None, None
+        raw = OmegaConf.to_container(node, resolve=False)
+        for name in node:
+            try:
+                node[name]
+            except Exception:
+                return f"{group}.{name}", raw.get(name) if isinstance(raw, dict) else None
+    except Exception:  # reporting must not fail
+        pass
+    return None, None
 
 
 def _settings(target: str | None) -> list[str]:
@@ -150,6 +169,14 @@ def config_error(group: str, node: Any, err: BaseException) -> ConfigError:
         node: The config node that was read (a DictConfig or a mapping), or a value.
         err: What the reading code raised.
     """
+    if _is_config_exception(err) and "Instantiation" not in type(err).__name__:
+        # OmegaConf: a value that does not resolve; name the key that holds it.
+        first = str(err).strip().splitlines()[0]
+        key, raw = getattr(err, "full_key", None), None
+        if not key:
+            key, raw = _unresolvable(group, node)
+        shown = f"{key}={raw}" if raw is not None else str(key or group)
+        return ConfigError(f"{shown} cannot be resolved: {first}", str(key or group))
     message = (err.args[0] if isinstance(err, KeyError) and err.args else str(err)).strip()
     target = node.get("_target_") if isinstance(node, Mapping) or hasattr(node, "get") else None
     name = _argument(message)
@@ -201,15 +228,23 @@ def reading(group: str, node: Any) -> Iterator[None]:
         yield
     except (DataError, ConfigError, TrainingInterrupted):
         raise
-    except _REFUSALS as err:
+    except Exception as err:
         interrupted = _in_chain(err, TrainingInterrupted)
         if interrupted is not None:  # a signal during an import Hydra wrapped
             raise interrupted from None
         cause = _instantiation_cause(err)
-        if cause is not None and isinstance(cause, DataError):
+        if isinstance(cause, DataError):
             raise cause from err
+        if not isinstance(err, _REFUSALS) and not _is_config_exception(err):
+            raise
         group_key = _instantiation_key(err) or group
         raise config_error(group_key, _node_at(node, group, group_key), cause or err) from err
+
+
+def _is_config_exception(err: BaseException) -> bool:
+    """Hydra's InstantiationException or an OmegaConf error (a value that does not resolve)."""
+    kinds = {type(err).__name__, *(t.__name__ for t in type(err).__mro__)}
+    return bool(kinds & {"InstantiationException", "OmegaConfBaseException"})
 
 
 def _in_chain(err: BaseException, kind: type[BaseException]) -> Any:

@@ -41,7 +41,7 @@ from recsys.training.callbacks import HistoryRecorder, TrainingCheckpoints
 from recsys.training.checkpoints import Position, TrainingState
 from recsys.training.signals import StopSignals
 
-__all__ = ["FitResult", "Trainer"]
+__all__ = ["FitResult", "Trainer", "check_learning_rate"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,25 @@ def _limit(dataset: tf.data.Dataset, batches: int | None) -> tf.data.Dataset:
 def _known_steps(dataset: tf.data.Dataset) -> int | None:
     steps = int(dataset.cardinality())
     return steps if steps > 0 else None
+
+
+def check_learning_rate(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """``optimizer`` itself, when its learning rate (a number, not a schedule) is > 0.
+
+    tf-keras's optimizers accept a negative or zero rate and train backwards or not at
+    all; a config that sets one is a mistake to report, not to run.
+
+    Raises:
+        ValueError: The learning rate is a number <= 0.
+    """
+    rate = getattr(optimizer, "_learning_rate", None)
+    if isinstance(rate, tf.Variable | tf.Tensor) and rate.shape.rank == 0:
+        value = float(f"{float(rate.numpy()):.7g}")  # the float32 value, as configured
+        if not value > 0:
+            raise ValueError(
+                f"`learning_rate` must be a number > 0. Received: learning_rate={value!r}"
+            )
+    return optimizer
 
 
 class _ResumeAt:

@@ -350,6 +350,23 @@ def path_fingerprint(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def _decompressed(path: Path) -> IO[bytes]:
+    """``path`` opened through the decompressor its first bytes name (or as it is)."""
+    import bz2
+    import gzip
+    import lzma
+
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.open(path, "rb")
+    if head.startswith(b"BZh"):
+        return bz2.open(path, "rb")
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(path, "rb")
+    return open(path, "rb")  # the caller closes it
+
+
 def iter_tar_files(
     path: str | os.PathLike[str], wanted: Callable[[str], bool]
 ) -> Iterator[tuple[str, bytes]]:
@@ -360,7 +377,7 @@ def iter_tar_files(
     never followed.
     """
     try:
-        with tarfile.open(path, "r|*") as tar:
+        with _decompressed(Path(path)) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             for m in tar:
                 name = check_member_name(m.name, path)
                 if not m.isfile() or not wanted(name):
@@ -368,6 +385,10 @@ def iter_tar_files(
                 f = tar.extractfile(m)
                 if f is not None:
                     yield name, f.read()
+            # A tarball cut between two members just ends early for tarfile; reading
+            # the compressed stream to its end makes gzip, bz2 and xz say it was cut.
+            while stream.read(CHUNK_BYTES):
+                pass
     except _BROKEN as err:
         if isinstance(err, FileNotFoundError):
             raise
