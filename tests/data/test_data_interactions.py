@@ -67,7 +67,8 @@ def write_log(
                 row_group_size=row_group_size,
             )
         else:
-            chunk = chunk.assign(genres=chunk["genres"].map("|".join))
+            if "genres" in chunk:
+                chunk = chunk.assign(genres=chunk["genres"].map("|".join))
             chunk.to_csv(path, index=False, sep="\t" if fmt == "tsv" else ",")
     return folder
 

@@ -24,6 +24,7 @@ TRAIN, VAL, TEST = 0, 1, 2
 _C1 = np.uint64(0xFF51AFD7ED558CCD)
 _C2 = np.uint64(0xC4CEB9FE1A85EC53)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_PI = np.uint64(0x243F6A8885A308D3)
 # _MASKS[r]: the low r bytes of a word (r = 0..8).
 _MASKS = np.array([(1 << (8 * r)) - 1 for r in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
 
@@ -72,7 +73,7 @@ def hash_strings(values: pa.Array | pa.ChunkedArray, seed: int = 0) -> np.ndarra
     # Every 8-byte window of the buffer, read little-endian whatever its alignment.
     words = np.ndarray(shape=(len(padded) - 7,), dtype="<u8", buffer=padded, offset=0, strides=(1,))
     with np.errstate(over="ignore"):
-        h = _fmix(lengths.astype(np.uint64) * _GOLDEN + np.uint64(seed & (2**64 - 1)))
+        h = _fmix(lengths.astype(np.uint64) * _GOLDEN + np.uint64(seed & (2**64 - 1)) + _PI)
         longest = int(lengths.max()) if len(lengths) else 0
         for start in range(0, longest, 8):
             active = np.flatnonzero(lengths > start)
