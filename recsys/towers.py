@@ -34,6 +34,8 @@ __all__ = ["FeatureEmbedding", "ItemTower", "Tower", "UserTower"]
 FEATURE_KINDS = ("id", "multi_hot", "text", "bucketized")
 POOLINGS = ("mean", "sum", "sqrtn")
 COMBINERS = ("concat", "sum")
+# The keys of a bag given as a dict (see FeatureEmbedding.pool).
+BAG_KEYS = ("ids", "weights", "bag_index", "leave_out", "leave_out_weight")
 
 _PUNCTUATION = r"[!\"#$%&()\*\+,\-\./:;<=>?@\[\\\]\^_`{|}~']"
 
@@ -94,8 +96,9 @@ class FeatureEmbedding(keras.layers.Layer):
     Input shape:
         ``"id"``, ``"text"``, ``"bucketized"``: `[batch]` (or `[batch, 1]`).
         ``"multi_hot"``: `[batch, n]` dense padded with ``""`` or ragged `[batch, None]`;
-        or, for a weighted bag, `{"ids": ragged, "weights": ragged floats}` (each
-        element's embedding is scaled by its weight before pooling).
+        or a dict `{"ids": ragged, ...}` with the optional keys of :meth:`pool`:
+        ``"weights"`` (a weighted bag), ``"bag_index"`` (examples sharing bags),
+        ``"leave_out"`` and ``"leave_out_weight"`` (an element to leave out per example).
 
     Output shape:
         `[batch, embedding_dim]`.
@@ -231,52 +234,106 @@ class FeatureEmbedding(keras.layers.Layer):
         return self._lookup(values)
 
     def call(self, inputs: Any) -> Any:
-        weights = None
         if isinstance(inputs, Mapping):
-            if self.kind != "multi_hot" or set(inputs) != {"ids", "weights"}:
+            unknown = set(inputs) - set(BAG_KEYS)
+            if self.kind != "multi_hot" or "ids" not in inputs or unknown:
                 raise ValueError(
-                    "Only a 'multi_hot' feature takes a dict, with keys 'ids' and 'weights'. "
-                    f"Received keys {sorted(inputs)} for a {self.kind!r} feature."
+                    f"Only a 'multi_hot' feature takes a dict, with key 'ids' and optional keys "
+                    f"{BAG_KEYS[1:]}. Received keys {sorted(inputs)} for a {self.kind!r} feature."
                 )
-            inputs, weights = inputs["ids"], inputs["weights"]
+            indices = self.lookup(inputs["ids"])
+            return self.pool(indices, **{k: v for k, v in inputs.items() if k != "ids"})
         indices = self.lookup(inputs)
         if not isinstance(indices, tf.RaggedTensor):
             return self.embedding(indices)
-        return self.pool(indices, weights)
+        return self.pool(indices)
 
-    def pool(self, indices: Any, weights: Any = None) -> Any:
-        """Embeds and pools ragged `[batch, None]` row indices into `[batch, dim]`.
+    def pool(
+        self,
+        indices: Any,
+        weights: Any = None,
+        bag_index: Any = None,
+        leave_out: Any = None,
+        leave_out_weight: Any = None,
+    ) -> Any:
+        """Embeds and pools ragged `[bags, None]` row indices into `[batch, dim]`.
 
         Each distinct row is looked up once per batch (long bags such as histories
-        repeat the same rows many times), and the bag weights are applied with a
-        sparse-dense matmul, so the table's gradient holds one slice per distinct row.
-        `weights` (ragged, aligned with `indices`) scale each element before pooling.
+        repeat the same rows many times) and each bag is summed once, with a fused
+        gather-and-sum (`tf.sparse.segment_sum`), so the cost follows the rows a batch
+        touches and the table's gradient holds one slice per distinct row.
+
+        Args:
+            indices: Ragged `[bags, None]` row indices.
+            weights: Ragged floats aligned with `indices`: each element's embedding is
+                scaled by its weight before pooling; None for weight 1.
+            bag_index: `[batch]` the bag of each example (examples may share a bag, e.g.
+                one user's history for all of the user's rows of a batch); None: bag i
+                is example i.
+            leave_out: `[batch]` a row to leave out of each example's bag, or -1 for
+                none; the row must be in the bag once (e.g. the training target in its
+                user's history). Pooling then divides by the bag size less one.
+            leave_out_weight: `[batch]` the left-out element's weight (with `weights`).
+
+        Returns:
+            `[batch, embedding_dim]`; empty bags give zeros. L2 penalties count every
+            element of every example's bag, as if each example had its own bag.
         """
         flat = indices.flat_values
-        unique_rows, position, counts = tf.unique_with_counts(flat, out_idx=tf.int64)
+        segments = indices.value_rowids()
+        num_bags = indices.nrows()
+        if leave_out is not None:
+            # Only the examples that leave a row out look it up (no spurious rows).
+            leave_out = tf.cast(tf.reshape(leave_out, [-1]), flat.dtype)
+            leaving = tf.where(leave_out >= 0)[:, 0]
+            flat = tf.concat([flat, tf.gather(leave_out, leaving)], axis=0)
+        unique_rows, position = tf.unique(flat, out_idx=tf.int64)
         rows = self.embedding(unique_rows)
-        if self.embeddings_l2 > 0:
-            # The penalty of every looked-up element, as `recsys.layers.Embedding` does.
-            squares = tf.reduce_sum(tf.square(rows), axis=-1) * tf.cast(counts, rows.dtype)
-            batch = tf.cast(tf.maximum(indices.nrows(), 1), rows.dtype)
-            self.add_loss(self.embeddings_l2 * tf.reduce_sum(squares) / batch)
-        lengths = tf.cast(indices.row_lengths(), rows.dtype)
-        if self.pooling == "sum":
-            weight = tf.ones_like(lengths)
-        elif self.pooling == "sqrtn":
-            weight = tf.math.divide_no_nan(tf.ones_like(lengths), tf.sqrt(lengths))
+        n_flat = tf.shape(indices.flat_values, out_type=tf.int64)[0]
+        in_bags = position[:n_flat]
+        if weights is None:
+            sums = tf.sparse.segment_sum(rows, in_bags, segments, num_segments=num_bags)
         else:
-            weight = tf.math.divide_no_nan(tf.ones_like(lengths), lengths)
-        row_ids = tf.cast(indices.value_rowids(), tf.int64)
-        bag_weights = tf.SparseTensor(
-            indices=tf.stack([row_ids, position], axis=1),
-            values=tf.gather(weight, row_ids)
-            * (1.0 if weights is None else tf.cast(weights.flat_values, rows.dtype)),
-            dense_shape=tf.stack(
-                [tf.cast(indices.nrows(), tf.int64), tf.shape(unique_rows, out_type=tf.int64)[0]]
-            ),
-        )
-        return tf.sparse.sparse_dense_matmul(bag_weights, rows)
+            weights = tf.cast(weights.flat_values, rows.dtype)
+            sums = tf.math.unsorted_segment_sum(
+                tf.gather(rows, in_bags) * weights[:, None], segments, num_bags
+            )
+        lengths = tf.cast(indices.row_lengths(), rows.dtype)
+        squares = None
+        if self.embeddings_l2 > 0:
+            squares = tf.sparse.segment_sum(
+                tf.reduce_sum(tf.square(rows), axis=-1), in_bags, segments, num_segments=num_bags
+            )
+        if bag_index is not None:
+            bag_index = tf.reshape(bag_index, [-1])
+            sums, lengths = tf.gather(sums, bag_index), tf.gather(lengths, bag_index)
+            squares = None if squares is None else tf.gather(squares, bag_index)
+        if leave_out is not None:
+            left_rows = tf.gather(rows, position[n_flat:])
+            left = left_rows
+            if weights is not None:
+                if leave_out_weight is None:
+                    raise ValueError("A weighted bag with `leave_out` needs `leave_out_weight`.")
+                scale = tf.gather(tf.reshape(leave_out_weight, [-1]), leaving)
+                left = left_rows * tf.cast(scale, rows.dtype)[:, None]
+            batch_shape = tf.shape(sums, out_type=tf.int64)[:1]
+            sums -= tf.scatter_nd(leaving[:, None], left, tf.shape(sums, out_type=tf.int64))
+            lengths -= tf.scatter_nd(
+                leaving[:, None], tf.ones_like(leaving, rows.dtype), batch_shape
+            )
+            if squares is not None:
+                squares -= tf.scatter_nd(
+                    leaving[:, None], tf.reduce_sum(tf.square(left_rows), axis=-1), batch_shape
+                )
+        if squares is not None:
+            # The penalty of every looked-up element, as `recsys.layers.Embedding` does.
+            batch = tf.cast(tf.maximum(tf.shape(sums)[0], 1), rows.dtype)
+            self.add_loss(self.embeddings_l2 * tf.reduce_sum(squares) / batch)
+        if self.pooling == "sum":
+            return sums
+        if self.pooling == "sqrtn":
+            return sums * tf.math.divide_no_nan(1.0, tf.sqrt(lengths))[:, None]
+        return sums * tf.math.divide_no_nan(1.0, lengths)[:, None]
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

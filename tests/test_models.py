@@ -211,16 +211,40 @@ def test_retrieval_top_k_accuracy_matches_reference(movielens, retrieval):
 
 
 def test_retrieval_history_leaves_out_the_target_in_training(movielens):
-    model = RetrievalModel(movielens, embedding_dim=4, item_features=())
-    user = movielens.train["user_id"].iloc[0]
-    item = movielens.train["item_id"].iloc[0]
-    full = model.user_features(tf.constant([user]))["history"].to_list()[0]
-    without = model.user_features(tf.constant([user]), tf.constant([item]))["history"].to_list()[0]
-    row = 1 + list(model.item_ids).index(item)
-    assert row in full and row not in without
-    assert len(without) == len(full) - 1
-    expected = sorted(movielens.train.loc[movielens.train["user_id"] == user, "item_id"])
-    assert sorted(model.item_ids[r - 1] for r in full) == expected
+    model = RetrievalModel(movielens, embedding_dim=4, item_features=(), history_pooling="sum")
+    train = movielens.train.sort_values("timestamp", kind="stable")
+    user = train["user_id"].iloc[0]
+    mine = train.loc[train["user_id"] == user, "item_id"].tolist()
+    item, outsider = mine[0], next(i for i in model.item_ids if i not in mine)
+    features = model.user_features(
+        tf.constant([user, user, user]), tf.constant([item, outsider, mine[-1]])
+    )
+    history = features["history"]
+    # One bag for the user's three examples; each leaves out its target if in the bag.
+    assert history["bag_index"].numpy().tolist() == [0, 0, 0]
+    assert model.item_ids[np.array(history["ids"].to_list()[0]) - 1].tolist() == mine  # by time
+    rows = {i: 1 + list(model.item_ids).index(i) for i in (item, mine[-1])}
+    assert history["leave_out"].numpy().tolist() == [rows[item], -1, rows[mine[-1]]]
+    # Pooled (sum) embeddings equal NumPy sums of the history without the target.
+    got = model.user_tower.embedders["history"](history).numpy()
+    table = model.user_tower.embedders["history"].embedding.embeddings.numpy()
+    full = table[[1 + list(model.item_ids).index(i) for i in mine]].sum(0)
+    np.testing.assert_allclose(got[0], full - table[rows[item]], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], full, rtol=1e-5, atol=1e-6)
+
+
+def test_retrieval_history_max_length_keeps_the_most_recent_items(movielens):
+    model = RetrievalModel(movielens, embedding_dim=4, item_features=(), history_max_length=2)
+    train = movielens.train.sort_values("timestamp", kind="stable")
+    for user, items in train.groupby("user_id", sort=False)["item_id"]:
+        history = model.user_features(tf.constant([user]))["history"]["ids"].to_list()[0]
+        assert model.item_ids[np.array(history, dtype=int) - 1].tolist() == items.tolist()[-2:]
+        # An item that was cut is not in the history, so it is not left out.
+        if len(items) > 2:
+            out = model.user_features(tf.constant([user]), tf.constant([items.iloc[0]]))
+            assert out["history"]["leave_out"].numpy().tolist() == [-1]
+    with pytest.raises(ValueError, match="history_max_length=0"):
+        RetrievalModel(movielens, history_max_length=0)
 
 
 @pytest.mark.parametrize(
@@ -397,22 +421,32 @@ def test_text_classifier_reuses_a_vocabulary(imdb):
 
 
 def test_ranking_rated_history_holds_residuals_and_leaves_out_the_target(movielens):
-    model = RankingModel(movielens, embedding_dim=4)
+    model = RankingModel(movielens, embedding_dim=4, history_pooling="sum")
     train = movielens.train
     user = train["user_id"].iloc[0]
     item = train["item_id"].iloc[0]
     mine = train[train["user_id"] == user]
-    full = model.user_features(tf.constant([user]))["rated_history"]
-    ids, weights = full["ids"].to_list()[0], full["weights"].to_list()[0]
+    rated = model.user_features(tf.constant([user, user]))["rated_history"]
+    ids, weights = rated["ids"].to_list()[0], rated["weights"].to_list()[0]
+    assert rated["bag_index"].numpy().tolist() == [0, 0]  # one bag for the user's examples
     expected = dict(zip(mine["item_id"], mine["rating"] - train["rating"].mean(), strict=True))
     got = {model.item_ids[r - 1]: w for r, w in zip(ids, weights, strict=True)}
     assert got.keys() == expected.keys()
     np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=1e-5)
-    held_out = model.user_features(tf.constant([user]), tf.constant([item]))["rated_history"]
-    assert model.item_ids[np.array(held_out["ids"].to_list()[0]) - 1].tolist() == [
-        i for i in (model.item_ids[r - 1] for r in ids) if i != item
-    ]
-    assert len(held_out["weights"].to_list()[0]) == len(ids) - 1
+    # Training leaves the target out, with its own weight; an unrated item leaves nothing.
+    unrated = next(i for i in model.item_ids if i not in expected)
+    held_out = model.user_features(tf.constant([user, user]), tf.constant([item, unrated]))
+    held_out = held_out["rated_history"]
+    row = 1 + list(model.item_ids).index(item)
+    assert held_out["leave_out"].numpy().tolist() == [row, -1]
+    np.testing.assert_allclose(
+        held_out["leave_out_weight"].numpy(), [expected[item], 0.0], rtol=1e-5
+    )
+    pooled = model.user_tower.embedders["rated_history"](held_out).numpy()
+    table = model.user_tower.embedders["rated_history"].embedding.embeddings.numpy()
+    full = sum(w * table[r] for r, w in zip(ids, weights, strict=True))
+    np.testing.assert_allclose(pooled[0], full - expected[item] * table[row], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(pooled[1], full, rtol=1e-4, atol=1e-6)
 
 
 def test_weighted_bag_pooling_matches_numpy():
@@ -437,12 +471,11 @@ def test_ranking_item_side_rated_history_leaves_out_the_target_user(movielens):
     train = movielens.train
     user, item = train["user_id"].iloc[0], train["item_id"].iloc[0]
     raters = sorted(train.loc[train["item_id"] == item, "user_id"])
-    full = model.item_features(tf.constant([item]))["rated_by"]["ids"].to_list()[0]
+    rated_by = model.item_features(tf.constant([item]))["rated_by"]
+    full = rated_by["ids"].to_list()[0]
     assert sorted(model.user_ids[r - 1] for r in full) == raters
     held_out = model.item_features(tf.constant([item]), tf.constant([user]))["rated_by"]
-    assert sorted(model.user_ids[r - 1] for r in held_out["ids"].to_list()[0]) == [
-        r for r in raters if r != user
-    ]
+    assert held_out["leave_out"].numpy().tolist() == [1 + list(model.user_ids).index(user)]
     model.compile(optimizer=SparseAdam(0.01))
     model.fit(movielens.train_dataset(), epochs=1, verbose=0)
     assert np.isfinite(model.evaluate_metrics(movielens)["test/rmse"])

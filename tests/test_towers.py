@@ -218,3 +218,57 @@ def test_bag_penalty_counts_every_occurrence():
     expected = 0.5 * np.sum(rows**2) / 2  # divided by the batch size
     assert len(layer.losses) == 1
     assert float(layer.losses[0]) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "sum", "sqrtn"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_shared_bags_with_a_left_out_element_match_numpy(pooling, weighted):
+    # Three bags shared by five examples; some examples leave one element out.
+    layer = FeatureEmbedding(
+        "multi_hot", embedding_dim=3, num_rows=8, pooling=pooling, embeddings_l2=0.5
+    )
+    bags = [[1, 4, 2], [5], [3, 6, 7, 1]]
+    weights = [[0.5, -1.0, 2.0], [3.0], [1.0, 0.25, -0.5, 1.5]]
+    bag_index = [2, 0, 2, 1, 0]
+    leave_out = [6, -1, 1, 5, 4]
+    inputs = {
+        "ids": tf.ragged.constant(bags, dtype=tf.int64),
+        "bag_index": tf.constant(bag_index),
+        "leave_out": tf.constant(leave_out, tf.int64),
+    }
+    if weighted:
+        inputs["weights"] = tf.ragged.constant(weights)
+        inputs["leave_out_weight"] = tf.constant(
+            [
+                dict(zip(bags[b], weights[b], strict=True)).get(r, 0.0)
+                for b, r in zip(bag_index, leave_out, strict=True)
+            ]
+        )
+    out = layer(inputs).numpy()
+    table = layer.embedding.embeddings.numpy()
+    expected, penalty = [], 0.0
+    for b, r in zip(bag_index, leave_out, strict=True):
+        kept = [(i, w) for i, w in zip(bags[b], weights[b], strict=True) if i != r]
+        total = sum((w if weighted else 1.0) * table[i] for i, w in kept)
+        n = len(kept)
+        scale = {"sum": 1.0, "mean": 1.0 / max(n, 1), "sqrtn": 1.0 / np.sqrt(max(n, 1))}
+        expected.append(total * scale[pooling] if n else np.zeros(3))  # empty: zeros
+        penalty += sum(float(np.sum(table[i] ** 2)) for i, _ in kept)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    # The L2 penalty counts every element of every example's own bag, over the batch.
+    np.testing.assert_allclose(float(sum(layer.losses)), 0.5 * penalty / 5, rtol=1e-5)
+
+
+def test_shared_bag_gradient_stays_row_sparse():
+    layer = FeatureEmbedding("multi_hot", embedding_dim=4, num_rows=1000, pooling="sqrtn")
+    inputs = {
+        "ids": tf.ragged.constant([[3, 9], [9, 500]], dtype=tf.int64),
+        "bag_index": tf.constant([0, 1, 1]),
+        "leave_out": tf.constant([3, -1, 500], tf.int64),
+    }
+    layer(inputs)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(inputs))
+    (grad,) = tape.gradient(loss, layer.trainable_variables)
+    assert isinstance(grad, tf.IndexedSlices)
+    assert set(grad.indices.numpy().tolist()) <= {3, 9, 500}

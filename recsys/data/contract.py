@@ -461,6 +461,34 @@ class Histories:
             array[self.offsets[r] : self.offsets[r + 1]].tolist() if r >= 0 else [] for r in rows
         ]
 
+    def truncate(self, max_length: int | None) -> Histories:
+        """The last ``max_length`` members of each bag (all of them for None).
+
+        With bags in timestamp order, that keeps each user's most recent items.
+
+        Example:
+            >>> h = Histories(np.array(["a", "b"], dtype=object), np.array([0, 3, 4]),
+            ...               np.array([1, 2, 3, 4]))
+            >>> h.truncate(2).lists(["a", "b"])
+            [[2, 3], [4]]
+        """
+        if max_length is None or not len(self.members):
+            return self
+        lengths = self.lengths()
+        kept = np.minimum(lengths, max_length)
+        if np.array_equal(kept, lengths):
+            return self
+        starts = self.offsets[1:] - kept
+        # Each kept member's index: its bag's new start + its rank among the kept.
+        within = np.arange(kept.sum(), dtype=np.int64) - np.repeat(np.cumsum(kept) - kept, kept)
+        take = np.repeat(starts, kept) + within
+        return Histories(
+            self.keys,
+            np.concatenate([[0], np.cumsum(kept)]).astype(np.int64),
+            self.members[take],
+            None if self.ratings is None else self.ratings[take],
+        )
+
     @classmethod
     def group(
         cls,

@@ -17,7 +17,7 @@ import pandas as pd
 
 from recsys._tf import keras, tf
 
-__all__ = ["FeatureStore"]
+__all__ = ["FeatureStore", "PairIndex"]
 
 
 @keras.saving.register_keras_serializable(package="recsys")
@@ -39,7 +39,8 @@ class FeatureStore(keras.layers.Layer):
         keys: The ids, unique.
         columns: `{name: values}`, one value per key: a string, a number, or a list
             of strings, integers or floats (a bag; ragged `tf.string`, `tf.int64` or
-            `tf.float32`).
+            `tf.float32`). A bag column can also be given as a `tf.RaggedTensor` with
+            one row per key (built from compressed rows without Python lists).
         **kwargs: Base layer arguments.
 
     Raises:
@@ -53,12 +54,20 @@ class FeatureStore(keras.layers.Layer):
         self.keys = [str(k) for k in keys]
         if len(set(self.keys)) != len(self.keys):
             raise ValueError(f"`keys` must be unique. Received {len(self.keys)} keys with repeats.")
-        self.columns: dict[str, list[Any]] = {}
         self._tables: dict[str, Any] = {}
         self._lookup = keras.layers.StringLookup(
             vocabulary=self.keys, num_oov_indices=1, mask_token=None, name="key_lookup"
         )
         for name, values in columns.items():
+            if isinstance(values, tf.RaggedTensor):
+                if int(values.nrows()) != len(self.keys):
+                    raise ValueError(
+                        f"Column {name!r} has {int(values.nrows())} rows for {len(self.keys)} keys."
+                    )
+                # Row 0 (unknown keys) is an empty bag.
+                splits = tf.concat([[0], values.row_splits], axis=0)
+                self._tables[name] = tf.RaggedTensor.from_row_splits(values.flat_values, splits)
+                continue
             values = list(values)
             if len(values) != len(self.keys):
                 raise ValueError(
@@ -78,7 +87,6 @@ class FeatureStore(keras.layers.Layer):
                 else:
                     dtype, convert = tf.string, str
                 bags = [[convert(x) for x in v] for v in values]
-                self.columns[name] = bags
                 lengths = [0] + [len(v) for v in bags]
                 flat = [x for v in bags for x in v]
                 table = tf.RaggedTensor.from_row_lengths(
@@ -86,20 +94,96 @@ class FeatureStore(keras.layers.Layer):
                     tf.constant(lengths, dtype=tf.int64),
                 )
             elif all(isinstance(v, str) for v in values):
-                self.columns[name] = [str(v) for v in values]
-                table = tf.constant(["", *self.columns[name]], dtype=tf.string)
+                table = tf.constant(["", *(str(v) for v in values)], dtype=tf.string)
             else:
                 floats = [float(v) if v is not None and not pd.isna(v) else 0.0 for v in values]
-                self.columns[name] = floats
                 table = tf.constant([0.0, *floats], dtype=tf.float32)
             self._tables[name] = table
 
-    def call(self, keys: Any) -> dict[str, Any]:
-        index = self._lookup(tf.convert_to_tensor(keys))
+    @property
+    def columns(self) -> dict[str, list[Any]]:
+        """Each column's values, one per key, as plain Python values."""
+
+        def plain(value: Any) -> Any:
+            return value.decode() if isinstance(value, bytes) else value
+
+        out: dict[str, list[Any]] = {}
+        for name, table in self._tables.items():
+            values = table.to_list() if isinstance(table, tf.RaggedTensor) else table.numpy()
+            out[name] = [
+                [plain(x) for x in v] if isinstance(v, list) else plain(v.item())
+                for v in list(values)[1:]
+            ]
+        return out
+
+    def index(self, keys: Any) -> Any:
+        """Row of each key in the tables: 1.. for known keys, 0 for unknown ones."""
+        return self._lookup(tf.convert_to_tensor(keys))
+
+    def gather(self, index: Any) -> dict[str, Any]:
+        """The features of the rows `index` (see :meth:`index`)."""
         return {name: tf.gather(table, index) for name, table in self._tables.items()}
+
+    def call(self, keys: Any) -> dict[str, Any]:
+        return self.gather(self.index(keys))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.pop("trainable", None)
         config.update(keys=list(self.keys), columns={k: list(v) for k, v in self.columns.items()})
         return config
+
+
+class PairIndex:
+    """Which (owner, member) pairs are in the stored bags, and each pair's weight.
+
+    Bags are stored per owner row (1-based, as :meth:`FeatureStore.index` numbers the
+    keys; 0 is "unknown"); a pair's key is ``owner * base + member``. Keys are kept
+    sorted, so a batch asks with one binary search per example, whatever the bags'
+    lengths: this is how training tells whether its target item is in the (possibly
+    truncated) history it must be left out of.
+
+    Example:
+        >>> index = PairIndex(np.array([0, 2, 3]), np.array([5, 7, 5]), base=10)
+        >>> index.contains(tf.constant([1, 1, 2, 0]), tf.constant([7, 6, 5, 5])).numpy()
+        array([ True, False,  True, False])
+
+    Args:
+        offsets: ``[owners + 1]`` compressed-row offsets of the bags, owner i (1-based
+            row i + 1) owning ``members[offsets[i]:offsets[i + 1]]``.
+        members: Member rows (non-negative, below ``base``).
+        weights: Each member's weight, or None.
+        base: Greater than every member row.
+    """
+
+    def __init__(
+        self,
+        offsets: np.ndarray,
+        members: np.ndarray,
+        weights: np.ndarray | None = None,
+        base: int | None = None,
+    ) -> None:
+        members = np.asarray(members, dtype=np.int64)
+        self.base = int(base if base is not None else (members.max(initial=0) + 1))
+        owners = np.repeat(np.arange(1, len(offsets), dtype=np.int64), np.diff(offsets))
+        keys = owners * self.base + members
+        order = np.argsort(keys, kind="stable")
+        self._keys = tf.constant(np.concatenate([keys[order], [np.iinfo(np.int64).max]]))
+        self._weights = None
+        if weights is not None:
+            sorted_weights = np.asarray(weights, dtype=np.float32)[order]
+            self._weights = tf.constant(np.concatenate([sorted_weights, [0.0]]).astype(np.float32))
+
+    def _find(self, owners: Any, members: Any) -> tuple[Any, Any]:
+        query = tf.cast(owners, tf.int64) * self.base + tf.cast(members, tf.int64)
+        position = tf.searchsorted(self._keys, query)
+        return tf.gather(self._keys, position) == query, position
+
+    def contains(self, owners: Any, members: Any) -> Any:
+        """`[batch]` bool: whether each (owner, member) pair is stored."""
+        return self._find(owners, members)[0]
+
+    def weight(self, owners: Any, members: Any) -> Any:
+        """`[batch]` float32: each stored pair's weight (0 for pairs not stored)."""
+        found, position = self._find(owners, members)
+        return tf.where(found, tf.gather(self._weights, position), 0.0)

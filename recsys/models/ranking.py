@@ -14,7 +14,7 @@ from recsys.checks import check_choice, check_nonnegative, check_positive_int
 from recsys.data.contract import Histories, InteractionData, positions
 from recsys.data.vocabulary import vocabulary
 from recsys.models._common import check_eval_split
-from recsys.models.features import FeatureStore
+from recsys.models.features import FeatureStore, PairIndex
 from recsys.towers import FeatureEmbedding, Tower
 
 __all__ = ["RankingModel"]
@@ -61,6 +61,8 @@ class RankingModel(tfrs.Model):
             (empty: none).
         dropout: Dropout after the MLP's hidden layers.
         init_stddev: Standard deviation of the factors' normal initializer.
+        history_max_length: Keep each user's most recent rated items only (by
+            timestamp, when the data has them), or None for all of them.
         name: Model name.
 
     Raises:
@@ -81,6 +83,7 @@ class RankingModel(tfrs.Model):
         hidden_units: Sequence[int] = (),
         dropout: float = 0.0,
         init_stddev: float = 0.05,
+        history_max_length: int | None = None,
         name: str = "ranking",
     ) -> None:
         super().__init__(name=name)
@@ -89,6 +92,8 @@ class RankingModel(tfrs.Model):
         check_nonnegative("factors_l2", factors_l2)
         check_nonnegative("bias_l2", bias_l2)
         check_nonnegative("init_stddev", init_stddev)
+        if history_max_length is not None:
+            check_positive_int("history_max_length", history_max_length)
         train = data.interactions("train")
         if train.ratings is None or not len(train):
             raise ValueError(
@@ -116,10 +121,13 @@ class RankingModel(tfrs.Model):
         user_columns: dict[str, Any] = {}
         if use_history or use_rated_history:
             in_catalogue = np.where(item_rows >= 0, user_rows, -1)
-            bags = Histories.group(self.user_ids, in_catalogue, item_rows + 1, residuals)
-            user_columns["history"] = bags.lists(self.user_ids)
-            if use_rated_history:
-                user_columns["rated_history_weights"] = bags.lists(self.user_ids, "ratings")
+            bags = Histories.group(
+                self.user_ids, in_catalogue, item_rows + 1, residuals, train.timestamps
+            ).truncate(history_max_length)
+            user_columns.update(_bag_columns(bags, "history", "rated_history_weights"))
+            self._rated_pairs = PairIndex(
+                bags.offsets, bags.members, bags.ratings, base=len(self.item_ids) + 1
+            )
         self.user_store = FeatureStore(self.user_ids, user_columns, name="user_features")
         item_columns: dict[str, Any] = {}
         if use_item_rated_history:
@@ -127,10 +135,10 @@ class RankingModel(tfrs.Model):
             bags = Histories.group(
                 self.item_ids, np.where(known, item_rows, -1), user_rows + 1, residuals
             )
-            item_columns = {
-                "raters": bags.lists(self.item_ids),
-                "rater_weights": bags.lists(self.item_ids, "ratings"),
-            }
+            item_columns = _bag_columns(bags, "raters", "rater_weights")
+            self._rater_pairs = PairIndex(
+                bags.offsets, bags.members, bags.ratings, base=len(self.user_ids) + 1
+            )
         self.item_store = FeatureStore(self.item_ids, item_columns, name="item_features")
         table = {
             "embedding_dim": embedding_dim,
@@ -196,30 +204,54 @@ class RankingModel(tfrs.Model):
             "hidden_units": list(hidden_units),
             "dropout": dropout,
             "init_stddev": init_stddev,
+            "history_max_length": history_max_length,
         }
 
     def user_features(self, user_ids: Any, exclude_items: Any = None) -> dict[str, Any]:
-        """The user tower's inputs; `exclude_items` leave the rated history."""
-        stored = self.user_store(user_ids)
+        """The user tower's inputs; `exclude_items` leave the rated history.
+
+        Each distinct user's bag is given once (``bag_index`` says which one an example
+        uses), and the item to leave out as a row with its weight, so pooling costs the
+        distinct users' histories, not one copy per example.
+        """
+        user_ids = tf.reshape(user_ids, [-1])
         features: dict[str, Any] = {"user_id": user_ids}
+        if not (self.use_history or self.use_rated_history):
+            return features
+        index = self.user_store.index(user_ids)
+        distinct, bag = tf.unique(index)
+        stored = self.user_store.gather(distinct)
         if self.use_history:
-            features["history"] = stored["history"]
+            features["history"] = {"ids": stored["history"], "bag_index": bag}
         if self.use_rated_history:
-            history, weights = stored["history"], stored["rated_history_weights"]
+            rated = {
+                "ids": stored["history"],
+                "weights": stored["rated_history_weights"],
+                "bag_index": bag,
+            }
             if exclude_items is not None:
-                history, weights = _leave_out(history, weights, self._item_lookup(exclude_items))
-            features["rated_history"] = {"ids": history, "weights": weights}
+                rated.update(_leave_out(self._rated_pairs, index, self._item_lookup(exclude_items)))
+            features["rated_history"] = rated
         return features
 
     def item_features(self, item_ids: Any, exclude_users: Any = None) -> dict[str, Any]:
         """The item tower's inputs; `exclude_users` leave the item's rated-by bag."""
+        item_ids = tf.reshape(item_ids, [-1])
         features: dict[str, Any] = {"item_id": item_ids}
         if self.use_item_rated_history:
-            stored = self.item_store(item_ids)
-            raters, weights = stored["raters"], stored["rater_weights"]
+            index = self.item_store.index(item_ids)
+            distinct, bag = tf.unique(index)
+            stored = self.item_store.gather(distinct)
+            rated_by = {
+                "ids": stored["raters"],
+                "weights": stored["rater_weights"],
+                "bag_index": bag,
+            }
             if exclude_users is not None:
-                raters, weights = _leave_out(raters, weights, self._user_lookup(exclude_users))
-            features["rated_by"] = {"ids": raters, "weights": weights}
+                rated_by.update(
+                    _leave_out(self._rater_pairs, index, self._user_lookup(exclude_users))
+                )
+            features["rated_by"] = rated_by
         return features
 
     def call(self, features: dict[str, Any], training: bool | None = None) -> Any:
@@ -301,8 +333,19 @@ class _RankingExport(tf.Module):
         return {"rating": self.model.predict_ratings(user_id, item_id)}
 
 
-def _leave_out(rows: Any, weights: Any, target: Any) -> tuple[Any, Any]:
-    """Drops, from each example's bag, the element equal to that example's target row."""
-    repeated = tf.repeat(target, rows.row_lengths())
-    keep = rows.with_flat_values(tf.not_equal(rows.flat_values, repeated))
-    return tf.ragged.boolean_mask(rows, keep), tf.ragged.boolean_mask(weights, keep)
+def _bag_columns(bags: Histories, members: str, weights: str) -> dict[str, Any]:
+    """Feature-store columns of compressed-row bags: member rows and their weights."""
+    return {
+        members: tf.RaggedTensor.from_row_splits(bags.members, bags.offsets),
+        weights: tf.RaggedTensor.from_row_splits(bags.ratings, bags.offsets),
+    }
+
+
+def _leave_out(pairs: PairIndex, owners: Any, members: Any) -> dict[str, Any]:
+    """Bag inputs that leave each example's (owner, member) pair out of its bag."""
+    members = tf.reshape(members, [-1])
+    found = pairs.contains(owners, members)
+    return {
+        "leave_out": tf.where(found, members, tf.constant(-1, members.dtype)),
+        "leave_out_weight": pairs.weight(owners, members),
+    }

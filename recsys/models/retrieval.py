@@ -14,7 +14,7 @@ from recsys.checks import check_choice, check_nonnegative, check_positive, check
 from recsys.data.contract import Histories, InteractionData, positions
 from recsys.data.vocabulary import vocabulary
 from recsys.models._common import check_eval_split, seen_splits
-from recsys.models.features import FeatureStore
+from recsys.models.features import FeatureStore, PairIndex
 from recsys.towers import ItemTower, UserTower
 
 __all__ = ["RetrievalModel"]
@@ -58,6 +58,9 @@ class RetrievalModel(tfrs.Model):
         history_pooling: ``"mean"``, ``"sum"`` or ``"sqrtn"``.
         exclude_target_from_history: Leave the target item out of the history during
             training.
+        history_max_length: Keep each user's most recent items only (by timestamp,
+            when the data has them), or None for the whole history. Long histories cost
+            training time in proportion to their length.
         item_features: Item features besides the id: any of ``"genres"``, ``"year"``,
             ``"title"``.
         temperature: Softmax temperature (scores are divided by it).
@@ -84,6 +87,7 @@ class RetrievalModel(tfrs.Model):
         use_history: bool = True,
         history_pooling: str = "sqrtn",
         exclude_target_from_history: bool = True,
+        history_max_length: int | None = None,
         item_features: Sequence[str] = ("genres", "year"),
         temperature: float = 0.3,
         logq_correction: bool = True,
@@ -97,6 +101,8 @@ class RetrievalModel(tfrs.Model):
         super().__init__(name=name)
         check_positive_int("embedding_dim", embedding_dim)
         check_positive_int("top_k", top_k)
+        if history_max_length is not None:
+            check_positive_int("history_max_length", history_max_length)
         check_choice("history_pooling", history_pooling, ("mean", "sum", "sqrtn"))
         if not (use_user_id or use_history):
             raise ValueError(
@@ -123,10 +129,10 @@ class RetrievalModel(tfrs.Model):
             # is for unknown items), so training compares integers, not strings.
             histories = Histories.from_interactions(
                 train, catalogue, users=self.user_ids, by_time=train.timestamps is not None
-            )
-            user_columns["history"] = [
-                [row + 1 for row in bag] for bag in histories.lists(self.user_ids)
-            ]
+            ).truncate(history_max_length)
+            rows = histories.members + 1
+            user_columns["history"] = tf.RaggedTensor.from_row_splits(rows, histories.offsets)
+            self._history_pairs = PairIndex(histories.offsets, rows, base=len(self.item_ids) + 1)
         self.user_store = FeatureStore(self.user_ids, user_columns, name="user_features")
         missing = [f for f in self.item_feature_names if f not in catalogue.features]
         if missing:
@@ -192,6 +198,7 @@ class RetrievalModel(tfrs.Model):
             "use_history": use_history,
             "history_pooling": history_pooling,
             "exclude_target_from_history": exclude_target_from_history,
+            "history_max_length": history_max_length,
             "item_features": list(item_features),
             "temperature": temperature,
             "logq_correction": logq_correction,
@@ -204,15 +211,24 @@ class RetrievalModel(tfrs.Model):
 
     # ----------------------------------------------------------------- towers
     def user_features(self, user_ids: Any, exclude_items: Any = None) -> dict[str, Any]:
-        """The user tower's inputs for `user_ids` (history without `exclude_items`)."""
-        features = dict(self.user_store(user_ids))
-        features["user_id"] = user_ids
-        if exclude_items is not None and "history" in features:
-            history = features["history"]
-            target = tf.repeat(self._item_lookup(exclude_items), history.row_lengths())
-            features["history"] = tf.ragged.boolean_mask(
-                history, history.with_flat_values(tf.not_equal(history.flat_values, target))
-            )
+        """The user tower's inputs for `user_ids` (histories without `exclude_items`).
+
+        Each distinct user's history is given once (``bag_index`` says which one an
+        example uses) and the item to leave out as a row, so pooling costs the distinct
+        users' histories, not one copy per example.
+        """
+        user_ids = tf.reshape(user_ids, [-1])
+        features: dict[str, Any] = {"user_id": user_ids}
+        if not self.use_history:
+            return features
+        index = self.user_store.index(user_ids)
+        distinct, bag = tf.unique(index)
+        history = {"ids": self.user_store.gather(distinct)["history"], "bag_index": bag}
+        if exclude_items is not None:
+            items = self._item_lookup(tf.reshape(exclude_items, [-1]))
+            in_history = self._history_pairs.contains(index, items)
+            history["leave_out"] = tf.where(in_history, items, tf.constant(-1, items.dtype))
+        features["history"] = history
         return features
 
     def item_features(self, item_ids: Any) -> dict[str, Any]:
