@@ -132,7 +132,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     Returns:
         ``(metrics, objects)``: the final metrics (``test/...``, and ``val/...`` when
         ``trainer.val_metrics``) and the objects built (``datamodule``, ``trainer``,
-        ``model``, ``optimizer``, ``history``, ``paths``).
+        ``model``, ``optimizer``, ``history``, ``paths``, and ``fit``: what
+        :meth:`~recsys.training.Trainer.fit` did).
 
     Raises:
         RunDirectoryBusy: Another live process uses the run directory.
@@ -193,7 +194,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         plot_curves(fit.history, run.curves, title=str(cfg.get("task_name") or ""))
     log.info("Artifacts in %s", run.root)
     objects = {"datamodule": data, "trainer": trainer, "model": model, "paths": run}
-    return metrics, {**objects, "optimizer": model.optimizer, "history": fit.history}
+    return metrics, {**objects, "optimizer": model.optimizer, "history": fit.history, "fit": fit}
 
 
 def _report(message: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,9 +23,9 @@ import pytest
 from recsys.recommend import recommend
 from recsys.train import main, train
 from tests.helpers.training import (
-    PROJECT_ROOT,
-    TESTS_DIR,
+    FAKE_CLI,
     SimulatedFault,
+    cli_env,
     compose_train,
     fault_after,
     process_state_restored,
@@ -186,26 +185,13 @@ def test_resume_false_starts_over(tmp_path: Path) -> None:
 
 def _cli(args: list[str], cwd: Path, multirun: bool = False) -> subprocess.CompletedProcess[str]:
     """Run ``python -m recsys.train`` with the fake data/model configs, from ``cwd``."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    fake = [
-        f"hydra.searchpath=[file://{TESTS_DIR / 'configs'}]",
-        "data=fake",
-        "model=fake",
-        "hardware.allocator=none",
-        "trainer.tensorboard=false",
-        "trainer.verbose=2",
-    ]
     return subprocess.run(
-        [sys.executable, "-m", "recsys.train", *(["-m"] if multirun else []), *fake, *args],
+        [sys.executable, "-m", "recsys.train", *(["-m"] if multirun else []), *FAKE_CLI, *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
 
 

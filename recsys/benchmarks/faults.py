@@ -569,13 +569,17 @@ def check_bad_input(
         case.prepare(data, work)
     before = {str(p) for p in cache.rglob("*")} if cache.exists() else set()
     fill = {"data": str(data), "cache": str(cache), "work": str(work)}
-    overrides = [o.format(**fill) for o in case.overrides]
+    overrides = list(case.overrides)
+    for name, value in fill.items():  # not str.format: overrides hold {_target_: ...}
+        overrides = [o.replace("{" + name + "}", value) for o in overrides]
     run_dir = work / "run"
     run = start_training([*extra, "trainer.tensorboard=false", *overrides], run_dir, logs, env)
     status = run.wait()
     err, out = run.err(), run.out()
     new_in_cache = {str(p) for p in cache.rglob("*")} - before if cache.exists() else set()
-    cached = [p for p in new_in_cache if p.endswith(".parquet") or ".tmp" in p]
+    # A broken data file must not reach the cache; a good one read before another
+    # mistake stopped the run may (it is complete).
+    cached = [p for p in new_in_cache if p.endswith(".parquet")] if case.prepare else []
     return BadInputResult(
         case.name,
         status,

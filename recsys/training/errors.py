@@ -178,6 +178,14 @@ def config_error(group: str, node: Any, err: BaseException) -> ConfigError:
         shown = f"{key}={raw}" if raw is not None else str(key or group)
         return ConfigError(f"{shown} cannot be resolved: {first}", str(key or group))
     message = (err.args[0] if isinstance(err, KeyError) and err.args else str(err)).strip()
+    loading = re.match(r"Error loading '([^']+)'", message)
+    if isinstance(err, ImportError) and loading:  # Hydra could not import a _target_
+        reason = message.splitlines()[1] if len(message.splitlines()) > 1 else message
+        return ConfigError(
+            f"{group}._target_={loading.group(1)!r} cannot be imported ({reason}). Fix the "
+            "class path or install the package that provides it.",
+            f"{group}._target_",
+        )
     target = node.get("_target_") if isinstance(node, Mapping) or hasattr(node, "get") else None
     name = _argument(message)
     unexpected = re.search(r"unexpected keyword argument '(\w+)'", message)
@@ -237,7 +245,7 @@ def reading(group: str, node: Any) -> Iterator[None]:
             raise cause from err
         if not isinstance(err, _REFUSALS) and not _is_config_exception(err):
             raise
-        group_key = _instantiation_key(err) or group
+        group_key = _listed_key(node, group, _instantiation_key(err) or group)
         raise config_error(group_key, _node_at(node, group, group_key), cause or err) from err
 
 
@@ -269,6 +277,14 @@ def _instantiation_cause(err: BaseException) -> BaseException | None:
 def _instantiation_key(err: BaseException) -> str | None:
     match = re.search(r"full_key: (\S+)", str(err))
     return match.group(1) if match else None
+
+
+def _listed_key(node: Any, group: str, key: str) -> str:
+    """``key`` as OmegaConf writes it: Hydra drops a list index's brackets (callbacks0)."""
+    bracketed = re.sub(r"([A-Za-z_])(\d+)(?=\.|$)", r"\1[\2]", key)
+    if bracketed == key or _node_at(node, group, key) is not node:
+        return key
+    return bracketed if _node_at(node, group, bracketed) is not node else key
 
 
 def _node_at(node: Any, group: str, key: str) -> Any:

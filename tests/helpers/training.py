@@ -5,13 +5,17 @@ codes against (the model-data contract :class:`recsys.data.InteractionData`; a K
 model with ``evaluate_metrics`` and ``export``) in a few dozen lines, so the training
 loop, checkpoints, resume and artifacts are tested without the real datasets or
 models. Configs for them live in ``tests/configs`` (``data=fake``, ``model=fake``).
-:class:`FaultInjection` stands for a crash: tests add it through ``trainer.callbacks``
-(:func:`fault_after`), so the product config carries no fault switch.
+:class:`FaultInjection` stands for a crash and :class:`SendSignal` sends this process a
+real signal: tests add them through ``trainer.callbacks`` (:func:`fault_after`,
+:func:`signal_after`), so the product config carries no fault switch. Tests that
+run ``python -m recsys.train`` in a subprocess use :data:`FAKE_CLI` and
+:func:`cli_env`, and send real signals from outside (``recsys.benchmarks.faults``).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +39,25 @@ TEST_CONF_DIR = TESTS_DIR / "configs"
 
 # Overrides that keep a test run small and self-contained (no allocator re-exec).
 TEST_OVERRIDES = ("hardware.allocator=none", "trainer.verbose=0")
+
+# The same for `python -m recsys.train` in a subprocess: the fake data and model.
+FAKE_CLI = (
+    f"hydra.searchpath=[file://{TEST_CONF_DIR}]",
+    "data=fake",
+    "model=fake",
+    "hardware.allocator=none",
+    "trainer.tensorboard=false",
+    "trainer.verbose=2",
+)
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a ``python -m recsys.train`` subprocess that uses :data:`FAKE_CLI`."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
 
 
 @contextmanager
@@ -119,6 +142,42 @@ def fault_after(batches: int) -> str:
     return (
         "trainer.callbacks=[{_target_:tests.helpers.training.FaultInjection,"
         f"after_batches:{batches}}}]"
+    )
+
+
+class SendSignal(keras.callbacks.Callback):
+    """Send this process a real signal (SIGTERM by default) after some training batches.
+
+    The signal goes through the operating system to the handler recsys installed,
+    exactly as one from outside would; the run then stops at the next step boundary.
+
+    Args:
+        after_batches: Training batches to run before sending it (>= 1).
+        signum: The signal's number.
+    """
+
+    def __init__(self, after_batches: int, signum: int = signal.SIGTERM) -> None:
+        super().__init__()
+        if after_batches < 1:
+            raise ValueError(
+                f"`after_batches` must be >= 1. Received: after_batches={after_batches}"
+            )
+        self.after_batches = after_batches
+        self.signum = int(signum)
+        self.seen = 0
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        """Count the batch and send the signal once ``after_batches`` have run."""
+        self.seen += 1
+        if self.seen == self.after_batches:
+            os.kill(os.getpid(), self.signum)
+
+
+def signal_after(batches: int, signum: int = signal.SIGTERM) -> str:
+    """The override that adds :class:`SendSignal` to the trainer's callbacks."""
+    return (
+        "trainer.callbacks=[{_target_:tests.helpers.training.SendSignal,"
+        f"after_batches:{batches},signum:{int(signum)}}}]"
     )
 
 
