@@ -17,18 +17,18 @@ the out-of-vocabulary index 0.
 
 from __future__ import annotations
 
-import re
-import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from recsys._tf import keras, tf
 from recsys.data.vocabulary import vocabulary
+from recsys.layers.text import standardize_text
 
 __all__ = [
     "candidates_dataset",
+    "encode_in_chunks",
     "make_lookup",
     "ratings_dataset",
     "standardize_text",
@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 AUTOTUNE = tf.data.AUTOTUNE
-_PUNCTUATION = f"[{re.escape(string.punctuation)}]"
 
 
 def make_lookup(
@@ -225,22 +224,6 @@ def candidates_dataset(items: pd.DataFrame, batch_size: int = 1024) -> tf.data.D
 # --------------------------------------------------------------------------- text
 
 
-@keras.utils.register_keras_serializable(package="recsys")
-def standardize_text(text: tf.Tensor) -> tf.Tensor:
-    """Lowercase, replace ``<br />`` with a space, strip ASCII punctuation.
-
-    The standardization of the seed IMDB example; registered as
-    ``recsys>standardize_text`` so models holding the vectorizer reload.
-
-    Example:
-        >>> standardize_text(tf.constant(["Great!<br />Loved it."])).numpy().tolist()
-        [b'great loved it']
-    """
-    lowered = tf.strings.lower(text)
-    no_html = tf.strings.regex_replace(lowered, "<br />", " ")
-    return tf.strings.regex_replace(no_html, _PUNCTUATION, "")
-
-
 def text_vectorizer(
     texts: pd.Series | Sequence[str] | np.ndarray,
     max_tokens: int = 20000,
@@ -275,6 +258,20 @@ def text_vectorizer(
     return layer
 
 
+def encode_in_chunks(
+    encode: Callable[[tf.Tensor], tf.Tensor], values: tf.Tensor, chunk: int = 2048
+) -> tf.Tensor:
+    """``encode`` applied to ``values`` (``[n]``) a chunk of rows at a time, concatenated.
+
+    Example:
+        >>> encode_in_chunks(tf.strings.length, tf.constant(["a", "bcd"]), chunk=1).numpy()
+        array([1, 3], dtype=int32)
+    """
+    n = int(values.shape[0])
+    parts = [encode(values[i : i + chunk]) for i in range(0, n, chunk)]
+    return tf.concat(parts, axis=0) if parts else encode(values)
+
+
 def text_dataset(
     frame: pd.DataFrame,
     *,
@@ -282,8 +279,9 @@ def text_dataset(
     shuffle: bool = False,
     seed: int = 42,
     cache: bool | None = None,
+    encode: Callable[[tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
-    """``(raw_text: tf.string [batch], label: tf.float32 [batch])`` batches.
+    """``(text, label: tf.float32 [batch])`` batches; text raw or encoded once.
 
     Args:
         frame: ``text`` and ``label`` columns.
@@ -291,6 +289,10 @@ def text_dataset(
         shuffle: New seeded permutation every epoch.
         seed: Seed of the permutations.
         cache: Cache the batches; default: when not shuffling.
+        encode: A function from ``[n]`` strings to ``[n, ...]`` features (e.g. a
+            model's text vectorizer), applied to the whole split once, before batching:
+            each text is then encoded once per run instead of once per epoch. None
+            gives raw ``tf.string [batch]`` texts.
 
     Example:
         >>> text, label = next(iter(text_dataset(imdb.test, batch_size=32)))  # doctest: +SKIP
@@ -300,6 +302,8 @@ def text_dataset(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
     texts = _string_tensor(frame["text"])
+    if encode is not None:
+        texts = encode_in_chunks(encode, texts)
     labels = tf.constant(frame["label"].to_numpy(np.float32))
 
     def gather(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
