@@ -441,7 +441,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
     BadInput("negative val fraction", (*_RANKING, "data.val_fraction=-0.1"), "data.val_fraction"),
     BadInput("zero batch size", (*_RANKING, "data.batch_size=0"), "data.batch_size"),
     BadInput("unknown split", (*_RANKING, "data.split=sideways"), "data.split"),
-    BadInput("seed not a number", (*_RANKING, "data.seed=abc"), "data.seed"),
+    BadInput("data seed not a number", (*_RANKING, "data.seed=abc"), "data.seed"),
     BadInput("time cutoff not a date", (*_RANKING, "data.split=time", "data.time_cutoff=soon"), "data.time_cutoff"),
     BadInput("missing data path", (*_RANKING, "data.path={work}/nowhere.zip"), "data.path"),
     BadInput("unknown data key", (*_RANKING, "+data.shuffle=false"), "data.shuffle"),

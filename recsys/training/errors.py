@@ -96,6 +96,7 @@ _ARGUMENT_PATTERNS = (
     re.compile(r"missing \d+ required (?:positional|keyword-only) arguments?: '(\w+)'"),
     re.compile(r"`(\w+)`"),
     re.compile(r"^(\w+) must be"),
+    re.compile(r"^(\w+) is not a valid argument"),
 )
 
 
