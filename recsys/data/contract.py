@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -50,6 +50,7 @@ __all__ = [
     "InteractionData",
     "Interactions",
     "TextData",
+    "TextEncoder",
     "UserFeatures",
     "merge_interactions",
 ]
@@ -608,11 +609,18 @@ class FeatureData(Protocol):
         """How ``"user"`` or ``"item"`` ids map to embedding rows (vocabulary or hashed)."""
 
 
+# Encodes a split's texts (`[n]` tf.string) into model inputs (`[n, ...]`), once.
+TextEncoder = Callable[[Any], Any]
+
+
 @runtime_checkable
 class TextData(Protocol):
     """What :class:`~recsys.models.TextClassifier` reads from a data module.
 
-    Batches of the pipelines are ``(text: tf.string [batch], label: float [batch])``.
+    Batches of the pipelines are ``(text: tf.string [batch], label: float [batch])``,
+    or, given ``encode`` (a :data:`TextEncoder`, e.g. the model's vectorizer), the
+    encoded texts: each split is then encoded once, before batching, not once per
+    epoch.
     """
 
     def setup(self) -> Any:
@@ -621,11 +629,11 @@ class TextData(Protocol):
     def texts(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """``(texts, labels)`` of ``split``: object array of str, array of 0/1."""
 
-    def train_dataset(self) -> tf.data.Dataset:
+    def train_dataset(self, encode: TextEncoder | None = None) -> tf.data.Dataset:
         """Shuffled training batches."""
 
-    def val_dataset(self) -> tf.data.Dataset:
+    def val_dataset(self, encode: TextEncoder | None = None) -> tf.data.Dataset:
         """Validation batches."""
 
-    def test_dataset(self) -> tf.data.Dataset:
+    def test_dataset(self, encode: TextEncoder | None = None) -> tf.data.Dataset:
         """Test batches."""

@@ -16,6 +16,7 @@ import pandas as pd
 
 from recsys.checks import check_choice, check_fraction, check_int, check_positive_int
 from recsys.data import splits
+from recsys.data.contract import TextEncoder
 from recsys.data.frames import FrameInteractionData, FrameTextData
 from recsys.data.imdb import Imdb, load_imdb
 from recsys.data.movielens import VARIANTS, MovieLens, get_variant, load_movielens
@@ -321,7 +322,34 @@ class ImdbDataModule(FrameTextData, _SplitDatasets):
             )
         return self._vectorizer
 
-    def _dataset(self, frame: pd.DataFrame, shuffle: bool) -> tf.data.Dataset:
+    def _dataset(
+        self, frame: pd.DataFrame, shuffle: bool, encode: TextEncoder | None = None
+    ) -> tf.data.Dataset:
         from recsys.data.pipelines import text_dataset
 
-        return text_dataset(frame, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed)
+        return text_dataset(
+            frame, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed, encode=encode
+        )
+
+    def train_dataset(
+        self, shuffle: bool = True, encode: TextEncoder | None = None
+    ) -> tf.data.Dataset:
+        """Train batches, reshuffled every epoch unless ``shuffle=False``.
+
+        Args:
+            shuffle: A new seeded order every epoch.
+            encode: Encode the split's texts once before batching (e.g. a model's
+                vectorizer; see :class:`recsys.data.TextData`); None: raw texts.
+        """
+        self.setup()
+        return self._dataset(self.train, shuffle, encode)
+
+    def val_dataset(self, encode: TextEncoder | None = None) -> tf.data.Dataset:
+        """Validation batches in split order (``encode`` as in :meth:`train_dataset`)."""
+        self.setup()
+        return self._dataset(self.val, False, encode)
+
+    def test_dataset(self, encode: TextEncoder | None = None) -> tf.data.Dataset:
+        """Test batches in split order (``encode`` as in :meth:`train_dataset`)."""
+        self.setup()
+        return self._dataset(self.test, False, encode)

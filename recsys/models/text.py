@@ -171,6 +171,14 @@ class TextClassifier(keras.Model):
         vectorizer.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(2048))
         return vectorizer
 
+    def encode_inputs(self, texts: Any) -> Any:
+        """Token ids (`[n, sequence_length]` int32) of raw texts (`[n]` strings).
+
+        What the model computes first from raw text; the trainer has the data encode
+        each split once with it (`encode=`), so training steps start from token ids.
+        """
+        return tf.cast(self.vectorizer(tf.reshape(texts, [-1])), tf.int32)
+
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         """Probabilities `[batch]` of raw `[batch]` strings (or token ids `[batch, n]`)."""
         tokens = inputs
@@ -187,21 +195,17 @@ class TextClassifier(keras.Model):
     def _mean_of_token_embeddings(self, tokens: Any) -> Any:
         """Mean of each text's token embeddings (padding, id 0, left out).
 
-        Each distinct token of the batch is looked up once and the means are a
-        sparse-dense matmul, so the step (and the table's gradient) scales with the
-        distinct tokens of a batch, not with batch x sequence length.
+        Each distinct token of the batch is looked up once and each text's mean is a
+        fused gather-and-mean (`tf.sparse.segment_mean`), so the step (and the table's
+        gradient) scales with the distinct tokens of a batch, not with batch x sequence
+        length.
         """
         bags = tf.RaggedTensor.from_tensor(tf.cast(tokens, tf.int64), padding=0)
         unique, position = tf.unique(bags.flat_values, out_idx=tf.int64)
         rows = self.embedding(unique)
-        lengths = tf.cast(bags.row_lengths(), rows.dtype)
-        example = bags.value_rowids()
-        weights = tf.SparseTensor(
-            indices=tf.stack([example, position], axis=1),
-            values=tf.gather(tf.math.divide_no_nan(tf.ones_like(lengths), lengths), example),
-            dense_shape=tf.stack([bags.nrows(), tf.shape(unique, out_type=tf.int64)[0]]),
+        return tf.sparse.segment_mean(
+            rows, position, bags.value_rowids(), num_segments=bags.nrows()
         )
-        return tf.sparse.sparse_dense_matmul(weights, rows)
 
     def compile(
         self,

@@ -209,6 +209,27 @@ def test_imdb_data_module_from_the_hydra_config(tmp_path):
     assert next(iter(text_dataset(dm.test, batch_size=8)))[0].shape == (3,)
 
 
+def test_encoded_text_batches_are_the_raw_batches_encoded(tmp_path):
+    tarball = tar_folder(write_imdb_folder(tmp_path / "src"), tmp_path / "a.tar.gz")
+    dm = ImdbDataModule(path=str(tarball), data_dir=str(tmp_path / "c"), batch_size=2)
+    vec = dm.text_vectorizer()
+    calls = []
+
+    def encode(texts):
+        calls.append(int(texts.shape[0]))
+        return vec(texts)
+
+    raw = list(dm.train_dataset())
+    encoded = list(dm.train_dataset(encode=encode))
+    assert calls == [len(dm.train)]  # the whole split, once, before batching
+    assert len(encoded) == len(raw)
+    for (text, label), (tokens, encoded_label) in zip(raw, encoded, strict=True):
+        np.testing.assert_array_equal(tokens.numpy(), vec(text).numpy())  # same order
+        np.testing.assert_array_equal(encoded_label.numpy(), label.numpy())
+    (tokens, _), *_ = list(dm.test_dataset(encode=vec))
+    assert tokens.dtype == tf.int64 and tokens.shape[1] == 500
+
+
 def test_data_pipeline_benchmark_runs_on_a_fixture(tmp_path, capsys):
     from recsys.benchmarks import data_pipeline
 
