@@ -18,7 +18,8 @@ class ExactIndex(tf.Module):
 
     The vectors are a (non-trainable) variable, so a SavedModel keeps them in its
     variables files rather than in the graph (a graph constant over 2 GB cannot be
-    saved).
+    saved). It is only ever read whole (``ReadVariableOp``, no copy), never gathered
+    from directly.
 
     Example:
 
@@ -78,4 +79,7 @@ class ExactIndex(tf.Module):
 
     def vectors(self, rows: Any) -> Any:
         """The vectors of catalogue ``rows`` (int ``[n]``, each in ``[0, N)``)."""
-        return tf.gather(self.item_vectors, rows)
+        # Gather from a dense read, never from the variable: a sparse read switches
+        # the variable to copy-on-read, and every later dense read in `search` would
+        # copy the whole catalogue (measured: 1M x 64 single requests 70 -> 700 ms).
+        return tf.gather(tf.convert_to_tensor(self.item_vectors), rows)

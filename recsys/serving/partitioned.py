@@ -261,8 +261,8 @@ class PartitionedIndex(tf.Module):
 
     def vectors(self, rows: Any) -> Any:
         """The vectors of catalogue ``rows`` (int ``[n]``, each in ``[0, N)``)."""
-        positions = tf.gather(self.position_of_row, rows)
-        flat = tf.reshape(self.chunk_vectors, [-1, self.dim])
+        positions = tf.gather(tf.convert_to_tensor(self.position_of_row), rows)
+        flat = tf.reshape(tf.convert_to_tensor(self.chunk_vectors), [-1, self.dim])
         return tf.gather(flat, positions)
 
     def search(self, queries: Any, k: Any, exclude: Any = None, nprobe: int | None = None) -> TopK:
@@ -298,17 +298,25 @@ class PartitionedIndex(tf.Module):
             keys = tf.sort(excluded_queries * num_items + excluded_rows)
             keys = tf.concat([keys, [tf.int64.max]], axis=0)
 
+        # Dense reads of the variables, gathers from the tensors: gathering from a
+        # variable switches it to copy-on-read, and a dense read (in `vectors`) would
+        # then copy all of it.
+        centroids = tf.convert_to_tensor(self.centroids)
+        chunk_offsets = tf.convert_to_tensor(self.chunk_offsets)
+        chunk_vectors = tf.convert_to_tensor(self.chunk_vectors)
+        chunk_rows = tf.convert_to_tensor(self.chunk_rows)
+
         def body(i: Any, all_scores: Any, all_rows: Any) -> tuple[Any, Any, Any]:
             query = queries[i : i + 1]
-            probe = tf.math.top_k(
-                tf.matmul(query, self.centroids, transpose_b=True), k=nprobe
-            ).indices[0]
+            probe = tf.math.top_k(tf.matmul(query, centroids, transpose_b=True), k=nprobe).indices[
+                0
+            ]
             chunks = tf.ragged.range(
-                tf.gather(self.chunk_offsets, probe), tf.gather(self.chunk_offsets, probe + 1)
+                tf.gather(chunk_offsets, probe), tf.gather(chunk_offsets, probe + 1)
             ).flat_values
-            vectors = tf.reshape(tf.gather(self.chunk_vectors, chunks), [-1, self.dim])
+            vectors = tf.reshape(tf.gather(chunk_vectors, chunks), [-1, self.dim])
             scores = tf.matmul(query, vectors, transpose_b=True)
-            rows = tf.reshape(tf.gather(self.chunk_rows, chunks), [1, -1])
+            rows = tf.reshape(tf.gather(chunk_rows, chunks), [1, -1])
             valid = rows >= 0
             if exclude is not None:
                 wanted = tf.cast(i, tf.int64) * num_items + tf.cast(rows, tf.int64)
