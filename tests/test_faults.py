@@ -293,6 +293,32 @@ def test_an_unreadable_checkpoint_index_is_rebuilt_from_the_files(
     _assert_same_run(written, uninterrupted)
 
 
+def test_checkpoint_files_no_index_lists_are_used_when_whole_else_removed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, uninterrupted: dict
+) -> None:
+    """Without an index nothing was committed (a first save cut before its index was
+    written): a whole checkpoint found in the folder is used, broken files removed."""
+    run_dir = _stopped_run(tmp_path, CORRUPTED_COMMON)
+    (run_dir / "checkpoints" / "checkpoint").unlink()
+    train(compose_train(CORRUPTED_COMMON, run_dir=run_dir, fake=True))
+    written = _metrics(run_dir)
+    assert (written["resumed_from_epoch"], written["resumed_from_step"]) == (1, 10)  # step 21
+    _assert_same_run(written, uninterrupted)
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    run_dir = _stopped_run(broken, CORRUPTED_COMMON)
+    (run_dir / "checkpoints" / "checkpoint").unlink()
+    for data in (run_dir / "checkpoints").glob("ckpt-*.data-*"):
+        data.write_bytes(data.read_bytes()[:10])
+    with caplog.at_level(logging.WARNING, logger="recsys.training.checkpoints"):
+        train(compose_train(CORRUPTED_COMMON, run_dir=run_dir, fake=True))
+    assert "a checkpoint save that was cut short" in caplog.text
+    written = _metrics(run_dir)
+    assert written["resumed_from_epoch"] == 0 and written["resumed_from_step"] == 0
+    _assert_same_run(written, uninterrupted)
+
+
 def test_no_usable_checkpoint_stops_the_run_instead_of_starting_over(tmp_path: Path) -> None:
     run_dir = _stopped_run(tmp_path, CORRUPTED_COMMON)
     for data in (run_dir / "checkpoints").glob("ckpt-*.data-*"):

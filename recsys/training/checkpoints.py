@@ -217,14 +217,18 @@ class TrainingState:
         if not self.directory.is_dir():
             return Position()
         listed = self._listed()
+        committed = True
         if listed is None:
             log.warning(
                 "The checkpoint index %s cannot be read; looking for checkpoints in the folder",
                 self.directory / _STATE_FILE,
             )
             listed = self._found()
-        else:
-            self._remove_leftovers(listed)
+        elif not listed:
+            # No index: nothing was committed, but a first save cut after its files were
+            # renamed into place (before the index) leaves a complete checkpoint.
+            listed, committed = self._found(), False
+        self._remove_leftovers(listed)
         problems: list[tuple[str, str]] = []
         chosen = None
         for prefix in reversed(listed):
@@ -235,8 +239,11 @@ class TrainingState:
             problems.append((prefix, problem))
             log.warning("Checkpoint %s is unusable: %s", Path(prefix).name, problem)
         if chosen is None:
-            if problems:  # never start over silently: the user decides
+            if problems and committed:  # never start over silently: the user decides
                 raise CheckpointError(self._none_usable(problems))
+            if problems:
+                log.warning("Removed the files of a checkpoint save that was cut short")
+                self._remove_leftovers([])
             return Position()
         if problems:
             for prefix, _ in problems:
@@ -258,10 +265,10 @@ class TrainingState:
         ]
         position = self.position
         log.info(
-            "Resuming from %s: %d completed epochs, %d steps into the next",
+            "Resuming from %s: %d completed epochs%s",
             chosen,
             position.epoch,
-            position.step,
+            f", {position.step} steps into epoch {position.epoch + 1}" if position.step else "",
         )
         return position
 
