@@ -257,7 +257,7 @@ class BlockReader:
                 "were counted)",
                 "delete the data module's cache folder (data.cache_dir) and run again",
             )
-        return out.combine_chunks()
+        return out
 
 
 def block_table(described: Sequence[dict[str, Any]], split_rows: np.ndarray) -> Blocks:
