@@ -140,6 +140,10 @@ def test_contract_containers_equal_the_pandas_path(tmp_path, fmt):
             for field in ("keys", "offsets", "members", "ratings"):
                 np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
 
+    train = ref.interactions("train")
+    rows = theirs.rows(train.items)[train.item_index]
+    np.testing.assert_array_equal(dm.item_counts("train"), np.bincount(rows, minlength=len(theirs)))
+
     users = dm.user_table()
     first = frame.drop_duplicates("uid").set_index("uid")["country"]
     assert list(users.features["country"]) == list(first.reindex(users.ids))

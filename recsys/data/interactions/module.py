@@ -235,14 +235,17 @@ class InteractionsDataModule:
         return json.loads(json.dumps(depends_on)) == manifest.get("depends_on")
 
     def _write_vocabularies(self) -> None:
-        targets = [self._index.folder / "vocabularies" / cache_key(self._id_describe())]
+        cached = self._index.folder / "vocabularies" / cache_key(self._id_describe())
+        targets = [cached]
         if self.vocabulary_dir not in (None, ""):
             targets.append(Path(os.path.expanduser(str(self.vocabulary_dir))))
         for tower in ("user", "item"):
             space = self.id_space(tower)
             if space.kind == "vocabulary":
                 for folder in targets:
-                    write_vocabulary(folder / f"{tower}_vocabulary.parquet", space)
+                    path = folder / f"{tower}_vocabulary.parquet"
+                    if folder != cached or not path.is_file():
+                        write_vocabulary(path, space)
 
     def _id_describe(self) -> dict[str, Any]:
         return {tower: spec.describe() for tower, spec in self.id_specs.items()}
@@ -258,11 +261,20 @@ class InteractionsDataModule:
         return encode_log(self._index)
 
     # --------------------------------------------------------------- contract
-    @property
+    @cached_property
     def user_vocabulary(self) -> np.ndarray:
         """Sorted unique ids of the users with training rows."""
         users = self._index.users
         return users.sorted_ids[users.sorted_column(users.counts[:, 0]) > 0]
+
+    def item_counts(self, split: str = "train") -> np.ndarray:
+        """Rows of ``split`` of every catalogue item (int64, aligned with ``catalogue().ids``).
+
+        From the counting pass: the item frequencies (e.g. for a sampling-bias
+        correction) without encoding a single row.
+        """
+        items = self._index.items
+        return items.sorted_column(items.counts[:, SPLITS.index(_check_split(split))])
 
     def catalogue(self) -> Catalogue:
         """Every item of the log (any split), sorted, with the declared item features."""
