@@ -3,94 +3,35 @@
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 from typing import Any
 
 from recsys._tf import keras, tf
+from recsys.checks import check_bool
+from recsys.optimizers._sparse_rows import (
+    XLA_AVAILABLE,
+    RowSparseUpdates,
+    as_rows,
+    bucket_size,
+    check_learning_rate,
+    check_weight_decay,
+    kernel_inputs,
+    read_rows,
+    refuse_ema,
+    scatter_rows,
+    sum_duplicates,
+    summed_gradient_rows,
+    unflatten_rows,
+)
+from recsys.optimizers.rounding import round_to, rounding_bits, step_seed
+
+__all__ = ["MOMENT_DTYPES", "SparseAdam", "bucket_size"]
 
 _BaseAdam = keras.optimizers.Adam
-
-
-def _can_jit_compile() -> bool:
-    try:
-        from tf_keras.src.utils import tf_utils
-
-        return bool(tf_utils.can_jit_compile())
-    except ImportError:  # pragma: no cover - tf-keras layout changed
-        return False
-
-
-_XLA_AVAILABLE = _can_jit_compile()
-# Lengths the fused kernel is compiled for: all up to 16, then 8 in each range
-# (2**(k-1), 2**k]. A batch whose number of ids is not one of them is padded up to the
-# next (by less than 1/8), so batches of varying length (ragged or multi-hot features)
-# compile a handful of kernels, not one per length.
-_SIZES_PER_OCTAVE_LOG2 = 3
-
-
-def bucket_size(n: Any) -> Any:
-    """The padded length the fused sparse kernel uses for `n` ids.
-
-    The smallest multiple of `2**(ceil(log2(n)) - 4)` that is at least `n`: lengths up
-    to 16 stay as they are, longer ones grow by less than an eighth, and each range
-    `(2**(k-1), 2**k]` holds 8 lengths. Powers of two are kept.
-
-    Args:
-        n: An int32 or int64 tensor (any shape) of id counts.
-
-    Returns:
-        A tensor like `n` with the padded lengths.
-    """
-    n = tf.convert_to_tensor(n)
-    octave = tf.math.ceil(tf.math.log(tf.cast(tf.maximum(n, 1), tf.float64)) / math.log(2.0))
-    exponent = tf.maximum(octave - 1 - _SIZES_PER_OCTAVE_LOG2, 0.0)
-    step = tf.cast(tf.pow(tf.constant(2.0, tf.float64), exponent), n.dtype)
-    return (n + step - 1) // step * step
-
-
-def _read_rows(handle: Any, ids: Any, dtype: Any) -> Any:
-    return tf.raw_ops.ResourceGather(resource=handle, indices=ids, dtype=dtype)
-
-
-def _scatter_rows(targets: tuple, rows: tuple, ids: Any) -> None:
-    """Writes `rows[i]` into `targets[i]` at `ids` (None targets are skipped)."""
-    for target, new in zip(targets, rows, strict=True):
-        if target is not None:
-            target.scatter_update(tf.IndexedSlices(new, ids))
-
-
-def _sum_duplicates(gradient: Any) -> Any:
-    """`gradient` (IndexedSlices) with the values of repeated indices summed."""
-    unique_indices, positions = tf.unique(gradient.indices)
-    summed = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(unique_indices)[0])
-    return tf.IndexedSlices(summed, unique_indices, gradient.dense_shape)
-
-
-def _pad_gradient_rows(positions: Any, values: Any) -> tuple:
-    """Pads a gradient's rows (`[n, row_size]` values and their unique positions).
-
-    Both are padded to `bucket_size(n)`.
-
-    Padding rows hold zeros at position 0, so they add nothing to any sum. Inside a
-    traced function a length known when tracing is kept as it is: the function is
-    traced, and the kernel compiled, once per such length anyway.
-    """
-    static_n = positions.shape[0]
-    if static_n is not None and not tf.executing_eagerly():
-        return positions, values
-    n = tf.shape(positions, out_type=positions.dtype)[0]
-    padding = bucket_size(n) - n
-    positions = tf.pad(positions, [[0, padding]])
-    values = tf.pad(values, [[0, padding], [0, 0]])
-    return positions, values
-
-
-def _pad_unique_ids(unique_ids: Any) -> Any:
-    """Pads distinct ids to `bucket_size` with copies of the first one."""
-    n = tf.shape(unique_ids, out_type=tf.int32)[0]
-    first = tf.zeros([bucket_size(n) - n], tf.int32)
-    return tf.concat([unique_ids, tf.gather(unique_ids, first)], 0)
+_XLA_AVAILABLE = XLA_AVAILABLE  # kept for callers of the old name
+# What `moment_dtype` accepts: the moments of float32 variables are stored so.
+MOMENT_DTYPES = ("float32", "bfloat16", "float16")
+_MOMENT_SLOTS = ("m", "v", "vhat")
 
 
 def _adam_rows(
@@ -123,6 +64,24 @@ def _adam_rows(
     return var_rows - delta, m_rows, v_rows, vhat_rows
 
 
+def _stored_moments(moments: tuple, dtype: Any, bits: Any) -> tuple:
+    """New (m, v, vhat) rows, `[n, row_size]` in float32, as the slots store them.
+
+    Rounded to `dtype`: stochastically with `bits` (m takes their low 16 bits, v and
+    vhat the high 16), else to nearest. vhat shares v's bits: when vhat takes v's new
+    value it is rounded as v is, so the stored vhat stays the maximum of the stored v's.
+    """
+    m_rows, v_rows, vhat_rows = moments
+    m_bits = v_bits = None
+    if bits is not None:
+        m_bits, v_bits = bits, tf.bitwise.right_shift(bits, tf.constant(16, tf.uint32))
+    return (
+        round_to(m_rows, dtype, m_bits),
+        round_to(v_rows, dtype, v_bits),
+        None if vhat_rows is None else round_to(vhat_rows, dtype, v_bits),
+    )
+
+
 @tf.function(jit_compile=True, autograph=False)
 def _lazy_adam_rows(
     ids: Any,
@@ -138,6 +97,8 @@ def _lazy_adam_rows(
     one_minus_beta_1: Any,
     one_minus_beta_2: Any,
     decay: Any,
+    moment_dtype: Any = None,
+    seed: Any = None,
 ) -> tuple:
     """New rows of the variable and its slots for the distinct ids, in one XLA kernel.
 
@@ -152,21 +113,34 @@ def _lazy_adam_rows(
     size), `epsilon` and `1 - beta` come in computed: `1 - beta_2**t` and
     `1 - beta_2` cancel badly in float32, so they are computed as tf-keras's Adam
     computes them (TensorFlow's `pow`; Python floats).
+
+    With `moment_dtype` (a 16-bit float dtype) the slots hold that dtype: their rows
+    are widened to the variable's dtype, Adam's arithmetic runs there, and the new
+    moments come back rounded to `moment_dtype` (stochastically with `seed`, a uint32
+    scalar, else to nearest). The padding copies of `ids[0]` hash to the same random
+    bits as `ids[0]`, so they round alike.
     """
     dtype = values.dtype
-    size = tf.shape(ids)[0]
-    summed = tf.math.unsorted_segment_sum(values, positions, size)
-    is_real = tf.range(size) < n_unique
-    grad = tf.where(is_real[:, tf.newaxis], summed, summed[:1])
+    grad = summed_gradient_rows(ids, n_unique, positions, values)
+    slot_dtype = dtype if moment_dtype is None else moment_dtype
     # The variable's rows come out of the gather in its own row shape; they are
     # reshaped to the gradient's `[size, row_size]` (free in XLA, a no-op for a
     # matrix). The shape is taken from the tensors, not from the handles: one trace
     # serves every variable with the same row size, whatever its row shape.
-    rows = [
-        None if h is None else tf.reshape(_read_rows(h, ids, dtype), tf.shape(grad))
-        for h in (var, m, v, vhat)
+    var_rows = tf.reshape(read_rows(var, ids, dtype), tf.shape(grad))
+    slot_rows = [
+        None
+        if h is None
+        else tf.cast(tf.reshape(read_rows(h, ids, slot_dtype), tf.shape(grad)), dtype)
+        for h in (m, v, vhat)
     ]
-    return _adam_rows(grad, *rows, alpha, epsilon, one_minus_beta_1, one_minus_beta_2, decay)
+    new = _adam_rows(
+        grad, var_rows, *slot_rows, alpha, epsilon, one_minus_beta_1, one_minus_beta_2, decay
+    )
+    if moment_dtype is None:
+        return new
+    bits = None if seed is None else rounding_bits(seed, ids, values.shape[1])
+    return (new[0], *_stored_moments(new[1:], moment_dtype, bits))
 
 
 _BASE_HAS_ADAPTIVE_EPSILON = "adaptive_epsilon" in inspect.signature(_BaseAdam.__init__).parameters
@@ -178,21 +152,27 @@ def _check_unit_interval(name: str, value: Any) -> float:
     return float(value)
 
 
-def _check_learning_rate(value: Any) -> Any:
-    if isinstance(value, keras.optimizers.schedules.LearningRateSchedule) or callable(value):
-        return value
-    if isinstance(value, tf.Variable | tf.Tensor):
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0:
+def _moment_dtype_name(value: Any) -> str:
+    """`moment_dtype` as one of `MOMENT_DTYPES` (a name or a `tf.DType`)."""
+    name = value.name if isinstance(value, tf.DType) else value
+    if not isinstance(name, str) or name not in MOMENT_DTYPES:
         raise ValueError(
-            "`learning_rate` must be a positive float, a tensor, a callable or a "
-            f"`LearningRateSchedule`. Received: learning_rate={value!r}"
+            f"`moment_dtype` must be one of {MOMENT_DTYPES}. Received: moment_dtype={value!r}"
         )
-    return value
+    return name
+
+
+def _store_rows(moments: tuple, dtype: Any, seed: Any, ids: Any) -> tuple:
+    """New moments (any shape, rows first) rounded to `dtype` as the slots store them."""
+    like = next(m for m in moments if m is not None)
+    flat = tuple(None if m is None else as_rows(m) for m in moments)
+    bits = None if seed is None else rounding_bits(seed, ids, tf.shape(flat[0])[1])
+    stored = _stored_moments(flat, dtype, bits)
+    return tuple(None if s is None else tf.reshape(s, tf.shape(like)) for s in stored)
 
 
 @keras.saving.register_keras_serializable(package="recsys")
-class SparseAdam(_BaseAdam):
+class SparseAdam(RowSparseUpdates, _BaseAdam):
     """Adam with lazy, row-sparse updates for `tf.IndexedSlices` gradients.
 
     For a dense gradient, `SparseAdam` is exactly `tf_keras.optimizers.Adam`: it runs
@@ -223,13 +203,38 @@ class SparseAdam(_BaseAdam):
     `SparseAdam`; for rows present in every step it equals dense Adam (bit for bit
     with `jit_compile=False`; within float rounding with the fused kernel).
 
+    Lean state (`moment_dtype="bfloat16"` or `"float16"`): the moments of float32
+    variables are stored in 16 bits, halving the optimizer's memory (a 10M x 128
+    table: 9.5 GiB with its slots instead of 14.3 GiB). Arithmetic stays in float32:
+    a step widens the stored moments of its rows, computes the new moments and the
+    update in float32 (the update uses the new moments before rounding), then stores
+    the moments rounded to 16 bits. Dense gradients do the same for the whole
+    variable; variables of other dtypes keep full moments. The row-sparse guarantees
+    hold unchanged. `stochastic_rounding=True` (the default) rounds up or down with
+    probability proportional to closeness, from a hash of (step, variable, row,
+    column), so results are deterministic, a restored checkpoint continues bit for
+    bit and both code paths round alike (see `recsys.optimizers.rounding`). It
+    matters: with `beta_2=0.999`, `v` moves by 0.1% per step, less than half a
+    bfloat16 step (0.39%), so rounding to nearest freezes `v` unless a gradient is
+    about 3x its running value.
+
+    Prefer bfloat16: it has float32's exponent range. In float16, `v` (a squared
+    gradient) underflows below 6e-8, that is for gradients under 2.4e-4 (embedding
+    gradients of a mean loss over a large batch are often 1e-4 to 1e-6); such rows
+    keep `v = 0` between steps and, where `m` survives, take steps up to
+    `1 / sqrt(1 - beta_2)` (32x) too large. float16 keeps 3 more mantissa bits,
+    which helps only where gradients are large (or a loss is scaled up).
+
     `weight_decay` (decoupled, as in `tf_keras.optimizers.Adam`) decays only the rows
     present in a sparse gradient; for dense gradients it decays the whole variable,
     as Adam does. `use_ema=True` is refused: an exponential moving average of the
     weights rewrites every row at every step, which defeats sparse updates.
     Learning-rate schedules, `clipnorm`, `clipvalue`, `global_clipnorm`, mixed
     precision (`tf_keras.mixed_precision.LossScaleOptimizer`) and checkpointing of the
-    slots work as for Adam.
+    slots work as for Adam. A checkpoint restores into an optimizer with the same
+    `moment_dtype` (the slots' dtype is part of the checkpoint). Slots are created on
+    their variable's device (no copy of a parameter server's shard on the
+    coordinator).
 
     There is no legacy (`OptimizerV2`) form: tf-keras's
     `convert_to_legacy_optimizer` (exported as
@@ -248,6 +253,7 @@ class SparseAdam(_BaseAdam):
     >>> from recsys.optimizers import SparseAdam
     >>> model = tf.keras.Sequential([Embedding(1_000_000, 32), tf.keras.layers.Dense(1)])
     >>> model.compile(optimizer=SparseAdam(learning_rate=1e-3), loss="mse")
+    >>> lean = SparseAdam(learning_rate=1e-3, moment_dtype="bfloat16")  # half the state
 
     Args:
         learning_rate: A float, a `LearningRateSchedule`, or a callable returning the
@@ -275,10 +281,16 @@ class SparseAdam(_BaseAdam):
             fuse multiply-adds, so the fused kernel can differ from it in the last
             bit of a float.
         name: Name of the optimizer.
+        moment_dtype: How the moments of float32 variables are stored: "float32"
+            (default; exactly Adam's state), "bfloat16" (the lean choice) or
+            "float16" (see above). A `tf.DType` is accepted too.
+        stochastic_rounding: With a 16-bit `moment_dtype`, round the stored moments
+            stochastically (default) rather than to nearest. Ignored for float32.
         **kwargs: Other base optimizer arguments (`is_legacy_optimizer`, `mesh`).
 
     Raises:
-        ValueError: An argument is out of range, or `use_ema=True`.
+        ValueError: An argument is out of range, `use_ema=True`, or a 16-bit
+            `moment_dtype` with a DTensor `mesh`.
     """
 
     def __init__(
@@ -298,27 +310,24 @@ class SparseAdam(_BaseAdam):
         ema_overwrite_frequency: int | None = None,
         jit_compile: bool = True,
         name: str = "SparseAdam",
+        moment_dtype: Any = "float32",
+        stochastic_rounding: bool = True,
         **kwargs: Any,
     ) -> None:
-        learning_rate = _check_learning_rate(learning_rate)
+        learning_rate = check_learning_rate(learning_rate)
         beta_1 = _check_unit_interval("beta_1", beta_1)
         beta_2 = _check_unit_interval("beta_2", beta_2)
         if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or epsilon < 0:
             raise ValueError(f"`epsilon` must be a float >= 0. Received: epsilon={epsilon!r}")
-        if weight_decay is not None and (
-            isinstance(weight_decay, bool)
-            or not isinstance(weight_decay, numbers.Real)
-            or weight_decay < 0
-        ):
+        weight_decay = check_weight_decay(weight_decay)
+        refuse_ema(use_ema, "SparseAdam")
+        moment_dtype = _moment_dtype_name(moment_dtype)
+        stochastic_rounding = check_bool("stochastic_rounding", stochastic_rounding)
+        if moment_dtype != "float32" and kwargs.get("mesh") is not None:
             raise ValueError(
-                f"`weight_decay` must be None or a float >= 0. Received: weight_decay={weight_decay!r}"
-            )
-        if use_ema:
-            raise ValueError(
-                "SparseAdam does not support `use_ema=True`: an exponential moving average "
-                "of the weights rewrites every row of every table at each step, which defeats "
-                "sparse updates. Received: use_ema=True. Keep an average outside the optimizer "
-                "if you need one."
+                "A 16-bit `moment_dtype` is not supported with a DTensor `mesh`. "
+                f"Received: moment_dtype={moment_dtype!r} with a mesh; use "
+                "moment_dtype='float32'."
             )
         if adaptive_epsilon and not _BASE_HAS_ADAPTIVE_EPSILON:
             raise ValueError(
@@ -347,38 +356,77 @@ class SparseAdam(_BaseAdam):
             **kwargs,
         )
         self.adaptive_epsilon = bool(adaptive_epsilon)
-        # The base class turns `jit_compile` off on machines without a GPU; the fused
-        # sparse kernel runs on CPU too, so the request is kept separately.
-        self._jit_compile_requested = bool(jit_compile)
+        self.moment_dtype = moment_dtype
+        self.stochastic_rounding = stochastic_rounding
+        self._remember_jit_compile(jit_compile)
 
-    @property
-    def fuses_sparse_updates(self) -> bool:
-        """Whether sparse updates run as the fused XLA kernel (see `jit_compile`)."""
-        return self._jit_compile_requested and _XLA_AVAILABLE
+    # --- slots -----------------------------------------------------------------------
 
-    def _apply_weight_decay(self, variables: Any) -> None:
-        # The base class decays every row of every variable before the update; the
-        # decay is applied inside `update_step` instead, where the gradient tells
-        # which rows a sparse update touches.
-        return
-
-    def _deduplicate_sparse_grad(self, grads: Any) -> list:
-        """Sums the values of duplicate indices (the fused kernel does it itself)."""
-        if self.fuses_sparse_updates:
-            return list(grads)
-        return [_sum_duplicates(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
-
-    def _weight_decay_rate(self, variable: Any) -> Any | None:
-        """`weight_decay * learning_rate` for `variable`, or None where no decay applies."""
-        if self.weight_decay is None or not self._use_weight_decay(variable):
+    def _lean_dtype_for(self, model_variable: Any) -> Any | None:
+        """The 16-bit dtype of `model_variable`'s moments, or None for full moments."""
+        if self.moment_dtype == "float32":
             return None
-        lr = tf.cast(self.learning_rate, variable.dtype)
-        return tf.cast(self.weight_decay, variable.dtype) * lr
+        true_dtype = getattr(model_variable, "true_dtype", model_variable.dtype)
+        return tf.as_dtype(self.moment_dtype) if true_dtype == tf.float32 else None
 
-    def _update_step_xla(self, gradient: Any, variable: Any, key: int) -> Any:
-        if isinstance(gradient, tf.IndexedSlices):
-            return self._update_step(gradient, variable)
-        return super()._update_step_xla(gradient, variable, key)
+    def add_variable_from_reference(
+        self, model_variable: Any, variable_name: str, shape: Any = None, initial_value: Any = None
+    ) -> Any:
+        lean = None
+        if variable_name in _MOMENT_SLOTS and shape is None and initial_value is None:
+            lean = self._lean_dtype_for(model_variable)
+        if lean is None:
+            return super().add_variable_from_reference(
+                model_variable, variable_name, shape=shape, initial_value=initial_value
+            )
+        with tf.device(model_variable.device):
+            return self._add_lean_slot(model_variable, variable_name, lean)
+
+    def _add_lean_slot(self, model_variable: Any, variable_name: str, dtype: Any) -> Any:
+        # tf-keras's add_variable_from_reference gives every slot its variable's
+        # dtype. This is its body (tf-keras 2.21, optimizer.py) with the dtype chosen:
+        # placed with the variable under a tf.distribute strategy, and the shards of a
+        # sharded variable collected into one ShardedVariable for checkpoints.
+        from tf_keras.src.optimizers.optimizer import _ShardedVariableBuilder
+
+        strategy = tf.distribute.get_strategy()
+        with strategy.extended.colocate_vars_with(model_variable):
+            slot = tf.Variable(
+                initial_value=tf.zeros(model_variable.shape, dtype=dtype),
+                name=f"{variable_name}/{model_variable._shared_name}",
+                dtype=dtype,
+                trainable=False,
+            )
+        if hasattr(model_variable, "_sharded_container"):
+            sharded = model_variable._sharded_container()
+            builder = self._sharded_variable_builders.setdefault(
+                (sharded._unique_id, variable_name),
+                _ShardedVariableBuilder(len(sharded.variables)),
+            )
+            builder.add_shard(slot)
+            if builder.has_all_shards():
+                self._variables.append(builder.build())
+        else:
+            self._variables.append(slot)
+        return slot
+
+    def _row_targets(self, variable: Any) -> tuple:
+        """The variable and its slots (var, m, v, vhat), vhat None unless AMSGrad."""
+        slot = self._index_dict[self._var_key(variable)]
+        vhat = self._velocity_hats[slot] if self.amsgrad else None
+        return variable, self._momentums[slot], self._velocities[slot], vhat
+
+    def _moment_storage(self, variable: Any, targets: tuple) -> tuple:
+        """(16-bit dtype of the slots or None, rounding seed or None) for `variable`."""
+        slot_dtype = tf.as_dtype(targets[1].dtype)
+        if slot_dtype == tf.as_dtype(variable.dtype):
+            return None, None
+        if not self.stochastic_rounding:
+            return slot_dtype, None
+        stream = self._index_dict[self._var_key(variable)]
+        return slot_dtype, step_seed(self.iterations, stream)
+
+    # --- updates ---------------------------------------------------------------------
 
     def update_step(self, gradient: Any, variable: Any) -> None:
         """Updates `variable` (and its slots) from `gradient`."""
@@ -392,50 +440,12 @@ class SparseAdam(_BaseAdam):
         if decay is not None:
             # What the base class's `_apply_weight_decay` does, for this variable.
             variable.assign_sub(variable * decay)
-        super().update_step(gradient, variable)
-
-    def _fused_sparse_update_step(self, gradient: Any, variable: Any, decay: Any | None) -> None:
-        # Rows are the first dimension; the kernel sees each row flattened to a vector
-        # of `row_size` values, so a bias vector (rank 1) or a 3-D table takes the same
-        # kernel, padding and buckets as a matrix. A matrix's gradient is left as it is.
-        row_shape = variable.shape[1:]
-        row_size = row_shape.num_elements()
-        if variable.shape.rank in (None, 0) or not row_size:
-            # Unknown row shape, or rows without elements: the plain TensorFlow path
-            # handles any shape (and an empty row has nothing to compute).
-            self._sparse_update_step(_sum_duplicates(gradient), variable, decay)
-            return
-        is_matrix = variable.shape.rank == 2
-        values = gradient.values if is_matrix else tf.reshape(gradient.values, [-1, row_size])
         targets = self._row_targets(variable)
-        unique_ids, positions = tf.unique(gradient.indices)
-        n_unique = tf.shape(unique_ids, out_type=tf.int32)[0]
-        ids = _pad_unique_ids(unique_ids)
-        positions, values = _pad_gradient_rows(positions, values)
-        dtype = variable.dtype
-        alpha, epsilon = self._bias_corrected_step(dtype)
-        new_rows = _lazy_adam_rows(
-            ids,
-            n_unique,
-            positions,
-            values,
-            *(None if t is None else t.handle for t in targets),
-            alpha,
-            tf.cast(epsilon, dtype),
-            tf.constant(1 - self.beta_1, dtype),
-            tf.constant(1 - self.beta_2, dtype),
-            decay,
-        )
-        if not is_matrix:
-            row_shape = [-1, *row_shape.as_list()]
-            new_rows = tuple(None if r is None else tf.reshape(r, row_shape) for r in new_rows)
-        _scatter_rows(targets, new_rows, ids)
-
-    def _row_targets(self, variable: Any) -> tuple:
-        """The variable and its slots (var, m, v, vhat), vhat None unless AMSGrad."""
-        slot = self._index_dict[self._var_key(variable)]
-        vhat = self._velocity_hats[slot] if self.amsgrad else None
-        return variable, self._momentums[slot], self._velocities[slot], vhat
+        lean, seed = self._moment_storage(variable, targets)
+        if lean is None:
+            super().update_step(gradient, variable)
+        else:
+            self._dense_lean_update_step(gradient, targets, lean, seed)
 
     def _bias_corrected_step(self, dtype: Any) -> tuple:
         """Adam's `alpha` and `epsilon_hat` for this step (expressions as in tf-keras)."""
@@ -449,14 +459,42 @@ class SparseAdam(_BaseAdam):
         )
         return alpha, epsilon_hat
 
+    def _fused_sparse_update_step(self, gradient: Any, variable: Any, decay: Any | None) -> None:
+        inputs = kernel_inputs(gradient, variable)
+        if inputs is None:
+            self._sparse_update_step(sum_duplicates(gradient), variable, decay)
+            return
+        targets = self._row_targets(variable)
+        lean, seed = self._moment_storage(variable, targets)
+        dtype = variable.dtype
+        alpha, epsilon = self._bias_corrected_step(dtype)
+        new_rows = _lazy_adam_rows(
+            inputs.ids,
+            inputs.n_unique,
+            inputs.positions,
+            inputs.values,
+            *(None if t is None else t.handle for t in targets),
+            alpha,
+            tf.cast(epsilon, dtype),
+            tf.constant(1 - self.beta_1, dtype),
+            tf.constant(1 - self.beta_2, dtype),
+            decay,
+            lean,
+            seed,
+        )
+        scatter_rows(targets, unflatten_rows(new_rows, inputs.row_shape), inputs.ids)
+
     def _sparse_update_step(self, gradient: Any, variable: Any, decay: Any | None) -> None:
         # Plain TensorFlow ops on duplicate-free indices (`_deduplicate_sparse_grad`).
         # The rows are gathered, updated and written back with `scatter_update`: on
         # CPU, ResourceScatterSub costs about twice a gather plus a ResourceScatterUpdate.
         alpha, epsilon_hat = self._bias_corrected_step(variable.dtype)
         targets = self._row_targets(variable)
+        lean, seed = self._moment_storage(variable, targets)
         indices = gradient.indices
         rows = [None if t is None else tf.gather(t, indices) for t in targets]
+        if lean is not None:
+            rows = [rows[0], *(None if r is None else tf.cast(r, variable.dtype) for r in rows[1:])]
         new_rows = _adam_rows(
             gradient.values,
             *rows,
@@ -466,7 +504,33 @@ class SparseAdam(_BaseAdam):
             1 - self.beta_2,
             decay,
         )
-        _scatter_rows(targets, new_rows, indices)
+        if lean is not None:
+            new_rows = (new_rows[0], *_store_rows(new_rows[1:], lean, seed, indices))
+        scatter_rows(targets, new_rows, indices)
+
+    def _dense_lean_update_step(self, gradient: Any, targets: tuple, lean: Any, seed: Any) -> None:
+        # Adam's dense update with the moments widened to the variable's dtype and
+        # stored back rounded; every row is "touched", so the row ids are all rows.
+        variable = targets[0]
+        dtype = variable.dtype
+        alpha, epsilon_hat = self._bias_corrected_step(dtype)
+        moments = [None if s is None else tf.cast(s, dtype) for s in targets[1:]]
+        new = _adam_rows(
+            gradient,
+            tf.convert_to_tensor(variable),
+            *moments,
+            alpha,
+            epsilon_hat,
+            1 - self.beta_1,
+            1 - self.beta_2,
+            None,
+        )
+        rows = 1 if variable.shape.rank == 0 else tf.shape(variable)[0]
+        stored = _store_rows(new[1:], lean, seed, tf.range(rows))
+        variable.assign(new[0])
+        for slot, value in zip(targets[1:], stored, strict=True):
+            if slot is not None:
+                slot.assign(value)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -474,4 +538,6 @@ class SparseAdam(_BaseAdam):
         config["adaptive_epsilon"] = self.adaptive_epsilon
         # The base class records False on machines without a GPU; keep the request.
         config["jit_compile"] = self._jit_compile_requested
+        config["moment_dtype"] = self.moment_dtype
+        config["stochastic_rounding"] = self.stochastic_rounding
         return config
