@@ -117,6 +117,20 @@ def test_iterator_replay_lands_on_the_uninterrupted_epochs(log_path, tmp_path):
     assert _same(_epoch(dm.train_dataset(iteration=1)), epochs[1])
 
 
+def test_repeat_draws_one_epoch_per_repetition_as_the_trainer_expects(log_path, tmp_path):
+    # recsys.training.Trainer fits on train.repeat() after drawing (completed + 1)
+    # iterators, and skips the steps done on a mid-epoch resume.
+    dm = _module(log_path, tmp_path)
+    dataset = dm.train_dataset()
+    n = int(dataset.cardinality())
+    iter(dataset)
+    repeated = _epoch(dataset.repeat().take(2 * n))
+    expected = _epoch(dm.train_dataset(iteration=1)) + _epoch(dm.train_dataset(iteration=2))
+    assert _same(repeated, expected)
+    skipped = _epoch(dm.train_dataset().repeat().skip(7).take(3))
+    assert _same(skipped, _epoch(dm.train_dataset(iteration=0, start_batch=7))[:3])
+
+
 def test_start_batch_out_of_range(log_path, tmp_path):
     dm = _module(log_path, tmp_path)
     with pytest.raises(ValueError, match="`start_batch` must be in"):
