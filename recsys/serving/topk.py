@@ -4,7 +4,7 @@ Scoring B queries against N items at once needs a [B, N] matrix: 4 GB for 1,000
 users and 1M items. `top_k` scores one block of items at a time (as many as keep the
 block's scores under ``max_scores``), keeps each block's best ``k`` and merges them
 with the best so far, so memory stays bounded however large the catalogue. Only stock TensorFlow ops (a ``While`` loop, ``MatMul``, ``TopKV2``,
-``TensorScatterUpdate``), so a graph that calls it loads in stock TensorFlow Serving.
+``LowerBound``), so a graph that calls it loads in stock TensorFlow Serving.
 """
 
 from __future__ import annotations
@@ -96,17 +96,21 @@ def select_top_k(scores: Any, k: Any, above: Any = None) -> tuple[Any, Any]:
         k: int scalar, ``0 <= k <= n``.
         above: Optional float ``[B]``: only scores strictly above a row's threshold
             are wanted (the k-th best found so far, when merging blocks). Then only
-            ``k' = min(k, most such scores in any row)`` columns come back, which
-            holds all of them, and the work shrinks with ``k'``.
+            ``k' <= k`` columns come back, at least as many as the row with most
+            such scores has (bounded by 32 per group whose maximum is above), so
+            they hold all of them, and the work shrinks with ``k'``.
 
     Returns:
         ``(values, indices)``, each ``[B, k]`` (``[B, k']`` with ``above``).
     """
     k = tf.cast(k, tf.int32)
     batch, width = tf.shape(scores)[0], tf.shape(scores)[1]
-    if above is not None:
-        wanted = tf.reduce_sum(tf.cast(scores > above[:, None], tf.int32), axis=1)
-        k = tf.minimum(k, tf.reduce_max(tf.concat([wanted, [0]], axis=0)))
+
+    def most_above(values: Any, per_value: int) -> Any:
+        # The largest number of scores above its row's threshold, at most k: each
+        # of `values` above it stands for at most `per_value` scores.
+        above_count = tf.reduce_sum(tf.cast(values > above[:, None], tf.int32), axis=1)
+        return tf.minimum(k, per_value * tf.reduce_max(tf.concat([above_count, [0]], axis=0)))
 
     def grouped() -> tuple[Any, Any]:
         groups = (width + _GROUP - 1) // _GROUP
@@ -114,16 +118,19 @@ def select_top_k(scores: Any, k: Any, above: Any = None) -> tuple[Any, Any]:
             scores, [[0, 0], [0, groups * _GROUP - width]], constant_values=float("-inf")
         )
         padded = tf.reshape(padded, tf.stack([batch, groups, _GROUP]))
-        chosen = tf.math.top_k(tf.reduce_max(padded, axis=2), k=k).indices
+        maxima = tf.reduce_max(padded, axis=2)
+        # Bounding by groups costs a pass over the maxima, not over the scores.
+        wanted = k if above is None else most_above(maxima, _GROUP)
+        chosen = tf.math.top_k(maxima, k=wanted).indices
         chosen = tf.sort(chosen, axis=1)
         candidates = tf.reshape(tf.gather(padded, chosen, batch_dims=1), tf.stack([batch, -1]))
-        top = tf.math.top_k(candidates, k=k)
+        top = tf.math.top_k(candidates, k=tf.minimum(wanted, tf.shape(candidates)[1]))
         index = chosen[:, :, None] * _GROUP + tf.range(_GROUP)[None, None, :]
         index = tf.reshape(index, tf.stack([batch, -1]))
         return top.values, tf.gather(index, top.indices, batch_dims=1)
 
     def direct() -> tuple[Any, Any]:
-        top = tf.math.top_k(scores, k=k)
+        top = tf.math.top_k(scores, k=k if above is None else most_above(scores, 1))
         return top.values, top.indices
 
     # Worth it once the groups' maxima and the chosen groups are well below n.
@@ -198,6 +205,11 @@ def top_k(
     batch = tf.shape(queries)[0]
     if exclude is not None:
         excluded_queries, excluded_rows = exclusion_pairs(exclude)
+        # Sorted (query, row) keys: membership by binary search. The sentinel keeps
+        # the search inside the array when nothing is excluded.
+        excluded_keys = tf.sort(excluded_queries * num_items + excluded_rows)
+        excluded_keys = tf.concat([excluded_keys, [tf.int64.max]], axis=0)
+        query_of_row = tf.range(tf.cast(batch, tf.int64))[:, None]
     if block_size is None:
         per_query = max_scores // tf.maximum(tf.cast(batch, tf.int64), 1)
         block = tf.maximum(per_query // _BLOCK_ALIGN * _BLOCK_ALIGN, _BLOCK_ALIGN)
@@ -208,17 +220,6 @@ def top_k(
     def body(start: Any, best_scores: Any, best_rows: Any) -> tuple[Any, Any, Any]:
         stop = tf.minimum(start + block, num_items)
         scores = tf.matmul(queries, items[start:stop], transpose_b=True)
-        if exclude is not None:
-            inside = (excluded_rows >= start) & (excluded_rows < stop)
-            where = tf.stack(
-                [
-                    tf.boolean_mask(excluded_queries, inside),
-                    tf.boolean_mask(excluded_rows, inside) - start,
-                ],
-                axis=1,
-            )
-            fill = tf.fill(tf.shape(where)[:1], neg_inf)
-            scores = tf.tensor_scatter_nd_update(scores, where, fill)
         # Once k items are kept, a block item can only enter by beating the k-th
         # (equal loses: kept items have lower rows), so fewer candidates are needed.
         kept = tf.shape(best_scores, tf.int64)[1]
@@ -227,11 +228,27 @@ def top_k(
             lambda: best_scores[:, tf.maximum(k - 1, 0)],
             lambda: tf.fill(tf.shape(best_scores)[:1], neg_inf),
         )
-        values, indices = select_top_k(scores, tf.minimum(k, stop - start), above=threshold)
+        wanted = k
+        if exclude is not None:
+            # Excluded items are dropped after the selection, not masked before it
+            # (a scatter into the [B, block] scores costs more than the matmul): the
+            # block's best k + (most exclusions of one query in it) hold its best k
+            # that are not excluded.
+            inside = tf.cast((excluded_rows >= start) & (excluded_rows < stop), tf.int64)
+            per_query = tf.math.unsorted_segment_sum(inside, excluded_queries, batch)
+            wanted += tf.reduce_max(tf.concat([per_query, [0]], axis=0))
+        values, indices = select_top_k(scores, tf.minimum(wanted, stop - start), above=threshold)
+        rows = indices + tf.cast(start, tf.int32)
+        if exclude is not None:
+            keys = query_of_row * num_items + tf.cast(rows, tf.int64)
+            flat = tf.reshape(keys, [1, -1])
+            position = tf.searchsorted(excluded_keys[None, :], flat, side="left")
+            found = tf.reshape(tf.gather(excluded_keys, position[0]), tf.shape(keys)) == keys
+            values = tf.where(found, neg_inf, values)
         # The best so far come first and hold lower rows than this block, and top_k
         # keeps the earlier of equal values: ties go to the lower row.
         scores = tf.concat([best_scores, values], axis=1)
-        rows = tf.concat([best_rows, indices + tf.cast(start, tf.int32)], axis=1)
+        rows = tf.concat([best_rows, rows], axis=1)
         best = tf.math.top_k(
             scores, k=tf.cast(tf.minimum(k, tf.shape(scores, tf.int64)[1]), tf.int32)
         )
