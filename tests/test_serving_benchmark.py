@@ -26,6 +26,7 @@ def test_synthetic_vectors_are_unit_and_seen_items_come_from_the_users_topic():
     own = data["item_topic"] == data["user_topic"][0]
     scores = items @ users[0]
     assert scores[own].mean() > scores[~own].mean() + 0.3
+    assert data["tuning_queries"].shape == (40, 16) and data["tuning_seen"].num_users == 40
     flat = bench.synthetic(500, 5, dim=8, topics=0, seed=2)
     assert flat["item_topic"] is None and flat["seen"].num_users == 5
 

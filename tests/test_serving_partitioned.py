@@ -8,6 +8,7 @@ import pytest
 from recsys._tf import tf
 from recsys.serving.partitioned import PartitionedIndex, assign_partitions, kmeans
 from recsys.serving.recall import index_recall, recall_at_k, tune_nprobe
+from recsys.serving.user_items import UserItems
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,25 @@ def test_constructor_validates_shapes(clustered):
         PartitionedIndex(items, np.zeros((4, 3)), np.zeros(len(items), int), nprobe=1)
     with pytest.raises(ValueError, match="nprobe=0"):
         PartitionedIndex(items, np.zeros((4, 16)), np.zeros(len(items), int), nprobe=0)
+
+
+def test_index_recall_with_exclusions_matches_a_brute_force_reference(clustered, index):
+    items, queries, _ = clustered
+    rng = np.random.default_rng(4)
+    best = np.argsort(-(queries @ items.T), axis=1, kind="stable")[:, :40]
+    excluded = [np.union1d(best[q, :10], rng.integers(0, len(items), 5)) for q in range(40)]
+    exclude = UserItems.from_pairs(
+        np.repeat(np.arange(40), [len(e) for e in excluded]), np.concatenate(excluded), 40
+    )
+    masked = queries @ items.T
+    for q, rows in enumerate(excluded):
+        masked[q, rows] = -np.inf
+    exact = np.argsort(-masked, axis=1, kind="stable")[:, :30]
+    found = _probe_reference(index, items, queries, 30, 2, excluded)
+    want = np.mean([np.isin(exact[q], found[q]).mean() for q in range(40)])
+    got = index_recall(index, items, queries, k=30, nprobe=2, exclude=exclude)
+    assert got == pytest.approx(want)
+    _, recall = tune_nprobe(index, items, queries, target=0.9, k=30, exclude=exclude)
+    assert recall >= 0.9
+    with pytest.raises(ValueError, match="one row per query"):
+        index_recall(index, items, queries[:5], k=30, exclude=exclude)

@@ -6,9 +6,10 @@ For catalogues of 100k and 1M items (64-d synthetic embeddings) it:
    topic's centre plus Gaussian noise, L2-normalized) and a few dozen seen items per
    user, drawn from the user's topic so that excluding them changes the answer;
 2. exports two SavedModels with `recsys.serving.export_retrieval`: the exact
-   blockwise index and the partitioned (k-means) one, its ``nprobe`` tuned on other
-   synthetic users (same distribution) to reach the target recall@100; the query
-   function is a user-embedding table lookup; checks that every op is stock;
+   blockwise index and the partitioned (k-means) one, its ``nprobe`` the smallest
+   that reaches the target recall@100 on 2,000 other synthetic users (same
+   distribution, their own seen items excluded); the query function is a
+   user-embedding table lookup; checks that every op is stock;
 3. loads each SavedModel in a fresh process that imports only TensorFlow, and times
    single requests to ``serving_default`` (one user, k=100): p50 and p99;
 4. in another fresh process, scores every user to Parquet through the same signature
@@ -79,7 +80,7 @@ def synthetic(
     num_users: int,
     dim: int = DIM,
     topics: int = 1000,
-    noise: float = 1.0,
+    noise: float = 1.25,
     seen_per_user: int = 30,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -91,7 +92,9 @@ def synthetic(
 
     Returns:
         ``item_vectors`` [N, d], ``user_vectors`` [U, d] (float32), ``seen`` (a
-        `recsys.serving.UserItems`), ``item_topic`` and ``user_topic``.
+        `recsys.serving.UserItems`), ``item_topic`` and ``user_topic``, and other
+        users from the same distribution to tune an approximate index on:
+        ``tuning_queries`` (up to 2,000) and their ``tuning_seen``.
     """
     from recsys.serving.user_items import UserItems
 
@@ -111,26 +114,28 @@ def synthetic(
     user_topic = rng.integers(0, topics, num_users) if topics else None
     items = draw(num_items, centres, item_topic)
     users = draw(num_users, centres, user_topic)
-    if topics:
-        by_topic = np.argsort(item_topic, kind="stable")
-        starts = np.searchsorted(item_topic[by_topic], np.arange(topics + 1))
-        sizes = np.maximum(starts[1:] - starts[:-1], 1)
-        picks = rng.integers(0, 2**62, (num_users, seen_per_user)) % sizes[user_topic][:, None]
-        rows = by_topic[np.minimum(starts[user_topic][:, None] + picks, num_items - 1)]
-    else:
-        rows = rng.integers(0, num_items, (num_users, seen_per_user))
-    user_rows = np.repeat(np.arange(num_users), seen_per_user)
-    seen = UserItems.from_pairs(user_rows, rows.reshape(-1), num_users=num_users)
-    extra_users = draw(
-        min(num_users, 2000),
-        centres,
-        rng.integers(0, topics, min(num_users, 2000)) if topics else None,
-    )
+
+    def seen_items(user_topic: np.ndarray | None, count: int) -> UserItems:
+        rows = rng.integers(0, num_items, (count, seen_per_user))
+        if user_topic is not None:
+            by_topic = np.argsort(item_topic, kind="stable")
+            starts = np.searchsorted(item_topic[by_topic], np.arange(topics + 1))
+            sizes = starts[1:] - starts[:-1]
+            picks = rng.integers(0, 2**62, rows.shape) % np.maximum(sizes[user_topic], 1)[:, None]
+            own = by_topic[np.minimum(starts[user_topic][:, None] + picks, num_items - 1)]
+            # A topic without items leaves its users uniformly drawn ones.
+            rows = np.where(sizes[user_topic][:, None] > 0, own, rows)
+        user_rows = np.repeat(np.arange(count), seen_per_user)
+        return UserItems.from_pairs(user_rows, rows.reshape(-1), num_users=count)
+
+    tuning = min(num_users, 2000)
+    tuning_topic = rng.integers(0, topics, tuning) if topics else None
     return {
         "item_vectors": items,
         "user_vectors": users,
-        "tuning_queries": extra_users,
-        "seen": seen,
+        "seen": seen_items(user_topic, num_users),
+        "tuning_queries": draw(tuning, centres, tuning_topic),
+        "tuning_seen": seen_items(tuning_topic, tuning),
         "item_topic": item_topic,
         "user_topic": user_topic,
     }
@@ -272,7 +277,7 @@ def run_catalogue(
     target_recall: float = TARGETS["recall"],
     batch_size: int = 256,
     topics: int = 1000,
-    noise: float = 1.0,
+    noise: float = 1.25,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """All measurements for one catalogue size; one result row per index (and NumPy)."""
@@ -293,7 +298,12 @@ def run_catalogue(
     partitioned = PartitionedIndex.build(items, seed=seed)
     build_seconds = time.perf_counter() - start
     nprobe, tuning_recall = tune_nprobe(
-        partitioned, items, data["tuning_queries"], target=target_recall, k=k
+        partitioned,
+        items,
+        data["tuning_queries"],
+        target=target_recall,
+        k=k,
+        exclude=data["tuning_seen"],
     )
     partitioned.nprobe = nprobe
     indexes = {
@@ -441,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         "--topics", type=int, default=1000, help="planted topics (0: unstructured vectors)"
     )
     parser.add_argument(
-        "--noise", type=float, default=1.0, help="noise norm around each topic centre"
+        "--noise", type=float, default=1.25, help="noise norm around each topic centre"
     )
     parser.add_argument(
         "--target-recall",

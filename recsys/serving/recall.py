@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from recsys._tf import tf
 from recsys.serving.topk import top_k
+from recsys.serving.user_items import UserItems
 
 __all__ = ["exact_rows", "index_recall", "recall_at_k", "tune_nprobe"]
 
@@ -49,26 +51,52 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-def exact_rows(item_vectors: Any, queries: Any, k: int = 100, batch_size: int = 256) -> np.ndarray:
-    """The exact top-k rows of ``queries`` against ``item_vectors`` (blockwise), int32."""
+def _batches(
+    queries: np.ndarray, exclude: UserItems | None, batch_size: int
+) -> Iterator[tuple[Any, Any]]:
+    """Blocks of queries, with their rows of ``exclude`` as a ragged tensor."""
+    if exclude is not None and exclude.num_users != len(queries):
+        raise ValueError(
+            f"`exclude` must have one row per query ({len(queries)}). Received "
+            f"{exclude.num_users} rows."
+        )
+    for start in range(0, len(queries), batch_size):
+        stop = min(start + batch_size, len(queries))
+        rows = None
+        if exclude is not None:
+            splits = exclude.offsets[start : stop + 1]
+            rows = tf.RaggedTensor.from_row_splits(
+                exclude.rows[splits[0] : splits[-1]], splits - splits[0]
+            )
+        yield tf.constant(queries[start:stop]), rows
+
+
+def _rows(search: Any, queries: np.ndarray, exclude: UserItems | None, batch_size: int) -> Any:
+    compiled = tf.function(search, reduce_retracing=True)
+    parts = [compiled(q, e).numpy() for q, e in _batches(queries, exclude, batch_size)]
+    return np.concatenate(parts)
+
+
+def exact_rows(
+    item_vectors: Any,
+    queries: Any,
+    k: int = 100,
+    batch_size: int = 256,
+    exclude: UserItems | None = None,
+) -> np.ndarray:
+    """The exact top-k rows of ``queries`` against ``item_vectors`` (blockwise), int32.
+
+    Args:
+        item_vectors: float32 ``[N, d]``.
+        queries: float32 ``[B, d]``.
+        k: Items per query.
+        batch_size: Queries per call.
+        exclude: Optional rows to leave out, one CSR row per query.
+    """
     k = _check_k(k)
     items = tf.convert_to_tensor(np.asarray(item_vectors, dtype=np.float32))
     queries = np.asarray(queries, dtype=np.float32)
-    search = tf.function(lambda q: top_k(q, items, k).rows)
-    parts = [
-        search(queries[i : i + batch_size]).numpy() for i in range(0, len(queries), batch_size)
-    ]
-    return np.concatenate(parts) if parts else np.zeros((0, min(k, items.shape[0])), np.int32)
-
-
-def _search_rows(
-    index: Any, queries: np.ndarray, k: int, nprobe: int | None, batch_size: int
-) -> np.ndarray:
-    search = tf.function(lambda q: index.search(q, k, nprobe=nprobe).rows)
-    parts = [
-        search(queries[i : i + batch_size]).numpy() for i in range(0, len(queries), batch_size)
-    ]
-    return np.concatenate(parts)
+    return _rows(lambda q, e: top_k(q, items, k, exclude=e).rows, queries, exclude, batch_size)
 
 
 def index_recall(
@@ -78,6 +106,7 @@ def index_recall(
     k: int = 100,
     nprobe: int | None = None,
     batch_size: int = 256,
+    exclude: UserItems | None = None,
 ) -> float:
     """Recall@k of ``index.search`` against the exact top-k, on ``queries``.
 
@@ -96,11 +125,16 @@ def index_recall(
         k: Items per query.
         nprobe: Partitions to probe (default: the index's).
         batch_size: Queries per search call.
+        exclude: Optional rows each query leaves out (one CSR row per query), as
+            serving leaves out seen items: the answers then reach deeper.
     """
     k = _check_k(k)
     queries = np.asarray(queries, dtype=np.float32)
-    exact = exact_rows(item_vectors, queries, k, batch_size)
-    return recall_at_k(_search_rows(index, queries, k, nprobe, batch_size), exact)
+    exact = exact_rows(item_vectors, queries, k, batch_size, exclude)
+    found = _rows(
+        lambda q, e: index.search(q, k, exclude=e, nprobe=nprobe).rows, queries, exclude, batch_size
+    )
+    return recall_at_k(found, exact)
 
 
 def tune_nprobe(
@@ -110,6 +144,7 @@ def tune_nprobe(
     target: float = 0.95,
     k: int = 100,
     batch_size: int = 256,
+    exclude: UserItems | None = None,
 ) -> tuple[int, float]:
     """The smallest ``nprobe`` whose recall@k on ``queries`` reaches ``target``.
 
@@ -124,6 +159,16 @@ def tune_nprobe(
     >>> recall >= 0.9
     True
 
+    Args:
+        index: A `PartitionedIndex`.
+        item_vectors: The catalogue vectors it was built from.
+        queries: float32 ``[B, d]``, queries like those it will serve (e.g. a sample
+            of user vectors, not the users the recall is reported on).
+        target: The recall@k to reach.
+        k: Items per query.
+        batch_size: Queries per search call.
+        exclude: Optional rows each query leaves out, as in serving.
+
     Returns:
         ``(nprobe, recall)``; ``nprobe`` is at most the number of partitions (exact).
 
@@ -134,12 +179,17 @@ def tune_nprobe(
         raise ValueError(f"`target` must be in (0, 1]. Received: target={target!r}")
     k = _check_k(k)
     queries = np.asarray(queries, dtype=np.float32)
-    exact = exact_rows(item_vectors, queries, k, batch_size)
+    exact = exact_rows(item_vectors, queries, k, batch_size, exclude)
     measured: dict[int, float] = {}
 
     def recall(nprobe: int) -> float:
         if nprobe not in measured:
-            rows = _search_rows(index, queries, k, nprobe, batch_size)
+            rows = _rows(
+                lambda q, e: index.search(q, k, exclude=e, nprobe=nprobe).rows,
+                queries,
+                exclude,
+                batch_size,
+            )
             measured[nprobe] = recall_at_k(rows, exact)
         return measured[nprobe]
 
