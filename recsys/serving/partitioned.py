@@ -4,7 +4,7 @@ At export, k-means (NumPy) splits the catalogue into partitions around centroids
 A query scores the centroids, then only the items of its ``nprobe`` best partitions:
 about ``nprobe / num_partitions`` of the exact work. Unlike a ScaNN index, the graph
 uses only ops every TensorFlow Serving binary has (``MatMul``, ``TopKV2``, ``GatherV2``,
-``RaggedRange``, ``BatchMatMulV2``, ``LowerBound``), so it loads anywhere the exact
+``RaggedRange``, ``LowerBound``), so it loads anywhere the exact
 export does.
 
 Each partition's items are stored contiguously, in chunks of ``chunk_size`` rows
