@@ -171,6 +171,13 @@ def _train(log: Path, run_dir: Path, steps: int, batch_size: int) -> dict[str, A
         "+experiment=interactions",
         f"data.path={log}",
         f"data.batch_size={batch_size}",
+        # The synthetic log's columns (python -m recsys.data synth).
+        "data.user_column=user_id",
+        "data.item_column=item_id",
+        "data.rating_column=rating",
+        "data.timestamp_column=timestamp",
+        "data.user_features={country: id}",
+        "data.item_features={genres: multi_hot, title: text, price: numeric}",
         "trainer.epochs=1",
         f"trainer.limit_train_batches={steps}",
         "trainer.limit_val_batches=10",
