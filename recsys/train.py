@@ -265,9 +265,22 @@ def _check_override_syntax(argv: list[str]) -> None:
 
 
 def cli() -> None:
-    """``python -m recsys.train``: check the overrides' syntax, then run :func:`main`."""
+    """``python -m recsys.train``: check the overrides' syntax, then run :func:`main`.
+
+    A run stopped by a signal leaves at once once its checkpoint and files are
+    written: tearing down TensorFlow's objects at interpreter exit takes seconds that
+    a preempted machine may not give.
+    """
     _check_override_syntax(sys.argv[1:])
-    main()
+    try:
+        main()
+    except SystemExit as leaving:
+        if isinstance(leaving.code, int) and leaving.code > 128:  # 128 + signal number
+            logging.shutdown()  # flushes the log file
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(leaving.code)
+        raise
 
 
 if __name__ == "__main__":

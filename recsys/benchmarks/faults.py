@@ -603,6 +603,7 @@ class Setup:
     every_steps: int
     rng: random.Random
     env: dict[str, str] | None = None
+    total_steps: int = 0
     notes: list[str] = field(default_factory=list)
 
     def start(self, run_dir: Path, *more: str) -> TrainRun:
@@ -640,19 +641,23 @@ def _wait_checkpoints(run: TrainRun, count: int = 1, after: int = -1) -> bool:
 
 
 def _random_point(setup: Setup, run: TrainRun, after: int = -1) -> bool:
-    """Wait for a random moment after a step checkpoint: the kill lands between two."""
-    if not _wait_checkpoints(run, 1, after):
+    """Wait for a random step of the run, then a random part of a checkpoint interval.
+
+    The step is drawn between the first step checkpoint after ``after`` and the last
+    ones of the run, so the signal lands while the run trains, between two
+    checkpoints. False when the run ended first.
+    """
+    every = setup.every_steps
+    low = max(after, 0) + every
+    high = max(low + 1, setup.total_steps - 2 * every)
+    target = setup.rng.randrange(low, high)
+    if not wait_for(lambda: max(committed_checkpoints(run.run_dir), default=-1) >= target, run):
         return False
-    first = committed_checkpoints(run.run_dir)[-1]
-    skip = setup.rng.randint(0, 2)
+    reached = committed_checkpoints(run.run_dir)[-1]
     t0 = time.monotonic()
-    if not _wait_checkpoints(run, 1, first):
+    if not _wait_checkpoints(run, 1, reached):
         return False
-    interval = time.monotonic() - t0
-    for _ in range(skip):
-        if not _wait_checkpoints(run, 1, committed_checkpoints(run.run_dir)[-1]):
-            return False
-    time.sleep(setup.rng.uniform(0, interval))
+    time.sleep(setup.rng.uniform(0, time.monotonic() - t0))
     return run.alive
 
 
@@ -687,7 +692,7 @@ def scenario_kill9(setup: Setup, reference: dict[str, Any], kills: int = 2) -> d
     for n in range(kills + 1):
         run = setup.start(run_dir)
         if n < kills:
-            if not _random_point(setup, run):
+            if not _random_point(setup, run, after=max(committed_checkpoints(run_dir), default=-1)):
                 run.wait()
                 break
             last = committed_checkpoints(run_dir)[-1]
@@ -741,8 +746,8 @@ def scenario_sigterm(setup: Setup, reference: dict[str, Any], signals: int = 2) 
         done["seconds_to_exit"].append(round(time.monotonic() - sent, 2))
         done["signals"] += 1
         done["exit_143"] += status == 128 + signal.SIGTERM
+        done["message"] += "Interrupted by SIGTERM" in run.err()
         stopped = re.search(r"Interrupted by SIGTERM: saved checkpoint ckpt-(\d+)", run.err())
-        done["message"] += stopped is not None
         stopped_at = int(stopped.group(1)) if stopped else None
     status = run.wait()
     done["final_status"] = status
@@ -921,7 +926,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--data-path", help="MovieLens-100K copy to train on (default: a small one written here)"
     )
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--every-steps", type=int, default=5, help="trainer.checkpoint_every_steps")
     parser.add_argument("--jobs", type=int, default=1, help="bad-input runs at a time")
@@ -962,6 +967,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(reference_run.err()[-3000:], file=sys.stderr)
             return 1
         reference = _final(work / "reference")
+        epoch_end = re.search(
+            r"Saved checkpoint ckpt-(\d+) \(end of epoch 1\)", reference_run.log()
+        )
+        assert epoch_end is not None, "the reference run did not log its first epoch's end"
+        setup.total_steps = int(epoch_end.group(1)) * args.epochs
         figures: dict[str, Any] = {"seed": args.seed, "every_steps": args.every_steps}
         for name, scenario in (
             ("kill9", scenario_kill9),
