@@ -129,7 +129,9 @@ def kernel_inputs(gradient: Any, variable: Any) -> KernelInputs | None:
     if variable.shape.rank in (None, 0) or not row_size:
         return None
     values = gradient.values
-    if variable.shape.rank != 2:
+    if variable.shape.rank != 2 or values.shape.rank != 2 or values.shape[1] != row_size:
+        # Under a tf.distribute strategy the aggregated values can lose their static
+        # row size; the kernels want it static (one trace per row size).
         values = tf.reshape(values, [-1, row_size])
     unique_ids, positions = tf.unique(gradient.indices)
     n_unique = tf.shape(unique_ids, out_type=tf.int32)[0]
