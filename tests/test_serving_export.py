@@ -298,6 +298,8 @@ for name, inputs in [
     result = loaded.signatures[name](**inputs)
     out[name] = {key: value.numpy().tolist() for key, value in result.items()}
 out["default_k"] = loaded.serving_default(users)["item_ids"].shape.as_list()
+out["stored_users"] = loaded.user_ids.numpy().tolist()
+out["catalogue"] = loaded.item_ids.numpy().tolist()
 # A TF1 session, as TensorFlow Serving runs the graph: k left out of the feed.
 with tf.Graph().as_default(), tf.compat.v1.Session() as session:
     meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
@@ -340,6 +342,8 @@ def test_export_answers_every_signature_in_a_fresh_tensorflow_only_process(world
     np.testing.assert_allclose(out["item_embeddings"]["embeddings"], world["item_vectors"][[1]])
     np.testing.assert_allclose(out["user_embeddings"]["embeddings"][0], world["user_vectors"][0])
     assert out["default_k"] == [2, DEFAULT_K]
+    assert out["stored_users"] == world["user_ids"]
+    assert out["catalogue"] == ["", *world["item_ids"]]
     assert out["session_default_k"] == [1, DEFAULT_K]
 
 

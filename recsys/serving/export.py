@@ -34,6 +34,8 @@ signature            inputs                                    outputs
 - ``item_embeddings`` returns zeros for unknown item ids; ``user_embeddings`` returns
   the query vectors ``serving_default`` scores with (the empty-history vector for an
   unknown user).
+- The loaded object also holds ``user_ids`` (the stored users, e.g. to score all of
+  them) and ``item_ids`` (``""`` then the catalogue) as string variables.
 """
 
 from __future__ import annotations
@@ -168,6 +170,10 @@ class RetrievalServingModule(tf.Module):
         self._user_table = _lookup_table(users, "user_rows")
         # Row 0 is "" so that row -1 (no item) maps to it after a shift by one.
         self.item_ids = tf.Variable(["", *items], trainable=False, name="item_ids")
+        # The stored users, for batch inference over all of them from the export alone.
+        self.user_ids = tf.Variable(
+            users, dtype=tf.string, shape=[len(users)], trainable=False, name="user_ids"
+        )
         self.seen_offsets = tf.Variable(seen.offsets, trainable=False, name="seen_offsets")
         self.seen_rows = tf.Variable(seen.rows, trainable=False, name="seen_rows")
         self._define_functions(tf.constant(self.default_k, tf.int32))
