@@ -21,12 +21,12 @@ columns.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from recsys._tf import keras, tf
+from recsys.checks import check_fraction, check_positive_int
 from recsys.layers import Embedding
 
 __all__ = ["FeatureEmbedding", "ItemTower", "Tower", "UserTower"]
@@ -38,12 +38,6 @@ COMBINERS = ("concat", "sum")
 BAG_KEYS = ("ids", "weights", "bag_index", "leave_out", "leave_out_weight")
 
 _PUNCTUATION = r"[!\"#$%&()\*\+,\-\./:;<=>?@\[\\\]\^_`{|}~']"
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
 
 
 def _strings_or_none(values: Any) -> list[str] | None:
@@ -80,9 +74,15 @@ class FeatureEmbedding(keras.layers.Layer):
     Args:
         kind: One of ``"id"``, ``"multi_hot"``, ``"text"``, ``"bucketized"``.
         embedding_dim: Width of the embedding. A positive integer.
-        vocabulary: Known values (or tokens, for ``"text"``); unknown ones share one
-            extra row. Values are compared as strings.
+        vocabulary: Known values (or tokens, for ``"text"``); unknown ones share the
+            `oov_buckets` extra rows. Values are compared as strings.
         num_bins: Without a vocabulary, hash values into this many rows.
+        oov_buckets: Rows for values outside `vocabulary`, chosen by hash (as
+            ``StringLookup(num_oov_indices=...)``); 1 by default.
+        salts: With `num_bins`, for ``"id"`` features: hash each value once per salt
+            (``[k0, k1]`` SipHash keys, as ``keras.layers.Hashing(salt=...)``) and sum
+            the rows, so two ids share their whole embedding only when every hash
+            collides. None: one hash with Keras's default key.
         num_rows: Without a vocabulary or bins, the inputs are already row indices in
             `[0, num_rows)` (integers), e.g. ids mapped to rows upstream.
         boundaries: Sorted bucket boundaries (``"bucketized"`` only).
@@ -118,6 +118,8 @@ class FeatureEmbedding(keras.layers.Layer):
         pooling: str = "mean",
         embeddings_initializer: Any = "uniform",
         embeddings_l2: float = 0.0,
+        oov_buckets: int = 1,
+        salts: Sequence[Sequence[int]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -126,7 +128,7 @@ class FeatureEmbedding(keras.layers.Layer):
         if pooling not in POOLINGS:
             raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
         self.kind = kind
-        self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
+        self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
         self.pooling = pooling
         self.embeddings_l2 = float(embeddings_l2)
         if self.embeddings_l2 < 0:
@@ -135,9 +137,21 @@ class FeatureEmbedding(keras.layers.Layer):
             )
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self.vocabulary = _strings_or_none(vocabulary)
-        self.num_bins = None if num_bins is None else _positive_int("num_bins", num_bins)
-        self.num_rows_given = None if num_rows is None else _positive_int("num_rows", num_rows)
+        self.num_bins = None if num_bins is None else check_positive_int("num_bins", num_bins)
+        self.num_rows_given = None if num_rows is None else check_positive_int("num_rows", num_rows)
         self.boundaries = None if boundaries is None else [float(b) for b in boundaries]
+        self.oov_buckets = check_positive_int("oov_buckets", oov_buckets)
+        self.salts = None if salts is None else [[int(k) for k in salt] for salt in salts]
+        if self.salts is not None and (
+            kind != "id"
+            or num_bins is None
+            or not self.salts
+            or any(len(x) != 2 for x in self.salts)
+        ):
+            raise ValueError(
+                "`salts` (a list of [k0, k1] pairs) hashes an 'id' feature given `num_bins`. "
+                f"Received: kind={kind!r}, num_bins={num_bins!r}, salts={salts!r}"
+            )
         if kind == "bucketized":
             if not self.boundaries:
                 raise ValueError(
@@ -173,11 +187,19 @@ class FeatureEmbedding(keras.layers.Layer):
                 # Row 0: out of vocabulary. "" is padding, never a value.
                 self._lookup = keras.layers.StringLookup(
                     vocabulary=[v for v in self.vocabulary if v != ""],
-                    num_oov_indices=1,
+                    num_oov_indices=self.oov_buckets,
                     mask_token=None,
                     name="lookup",
                 )
                 num_rows = self._lookup.vocabulary_size()
+            elif self.salts is not None:
+                hashes = [
+                    keras.layers.Hashing(self.num_bins, salt=salt, name=f"hashing_{i}")
+                    for i, salt in enumerate(self.salts)
+                ]
+                self._hashes = hashes
+                self._lookup = lambda values: tf.stack([h(values) for h in hashes], axis=-1)
+                num_rows = self.num_bins
             else:
                 self._lookup = keras.layers.Hashing(self.num_bins, name="hashing")
                 num_rows = self.num_bins
@@ -244,6 +266,8 @@ class FeatureEmbedding(keras.layers.Layer):
             indices = self.lookup(inputs["ids"])
             return self.pool(indices, **{k: v for k, v in inputs.items() if k != "ids"})
         indices = self.lookup(inputs)
+        if self.salts is not None:  # [batch, hashes] rows: their sum
+            return tf.reduce_sum(self.embedding(indices), axis=-2)
         if not isinstance(indices, tf.RaggedTensor):
             return self.embedding(indices)
         return self.pool(indices)
@@ -347,6 +371,8 @@ class FeatureEmbedding(keras.layers.Layer):
             pooling=self.pooling,
             embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer),
             embeddings_l2=self.embeddings_l2,
+            oov_buckets=self.oov_buckets,
+            salts=self.salts,
         )
         return config
 
@@ -418,15 +444,12 @@ class Tower(keras.Model):
             raise ValueError(
                 f"`combiner` must be one of {COMBINERS}. Received: combiner={combiner!r}"
             )
-        if (
-            isinstance(dropout, bool)
-            or not isinstance(dropout, numbers.Real)
-            or not 0 <= dropout < 1
-        ):
-            raise ValueError(f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}")
+        check_fraction("dropout", dropout, allow_zero=True)
         self.feature_configs = {str(name): dict(spec) for name, spec in features.items()}
-        self.hidden_units = [_positive_int("hidden_units", u) for u in hidden_units]
-        self.output_dim = None if output_dim is None else _positive_int("output_dim", output_dim)
+        self.hidden_units = [check_positive_int("hidden_units", u) for u in hidden_units]
+        self.output_dim = (
+            None if output_dim is None else check_positive_int("output_dim", output_dim)
+        )
         self.activation = activation
         self.dropout = float(dropout)
         self.combiner = combiner

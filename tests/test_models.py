@@ -252,7 +252,7 @@ def test_retrieval_history_max_length_keeps_the_most_recent_items(movielens):
     [
         ({"temperature": 0.0}, "temperature=0.0"),
         ({"embedding_dim": 0}, "embedding_dim=0"),
-        ({"item_features": ("color",)}, "item_features='color'"),
+        ({"item_features": ("color",)}, r"\['color'\] are not in the data's item columns"),
         ({"use_user_id": False, "use_history": False}, "use_user_id"),
         ({"history_pooling": "max"}, "history_pooling='max'"),
     ],

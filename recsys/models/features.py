@@ -17,7 +17,7 @@ import pandas as pd
 
 from recsys._tf import keras, tf
 
-__all__ = ["FeatureStore", "PairIndex"]
+__all__ = ["FeatureStore", "PairIndex", "feature_spec", "id_spec", "side_features"]
 
 
 @keras.saving.register_keras_serializable(package="recsys")
@@ -187,3 +187,96 @@ class PairIndex:
         """`[batch]` float32: each stored pair's weight (0 for pairs not stored)."""
         found, position = self._find(owners, members)
         return tf.where(found, tf.gather(self._weights, position), 0.0)
+
+
+# Kinds of the MovieLens catalogue columns, for data that declares none.
+DEFAULT_ITEM_KINDS = {"genres": "multi_hot", "year": "numeric", "title": "text"}
+# Text tokens and very large categorical columns are hashed into this many rows.
+TEXT_BINS = 20_000
+MAX_VOCABULARY = 100_000
+
+
+def id_spec(ids: Sequence[Any] | None = None, space: Any = None) -> dict[str, Any]:
+    """A tower's id feature: a vocabulary of ``ids``, or the data's :class:`IdSpace`.
+
+    Example:
+        >>> id_spec(["a", "b"])
+        {'kind': 'id', 'vocabulary': ['a', 'b']}
+    """
+    if space is None:
+        return {"kind": "id", "vocabulary": [str(i) for i in ids]}
+    if space.kind == "hashed":
+        return {
+            "kind": "id",
+            "num_bins": int(space.num_buckets),
+            "salts": [list(s) for s in space.salts],
+        }
+    return {
+        "kind": "id",
+        "vocabulary": [str(i) for i in space.ids],
+        "oov_buckets": space.oov_buckets,
+    }
+
+
+def feature_spec(kind: str, values: Sequence[Any]) -> dict[str, Any]:
+    """The `FeatureEmbedding` arguments of a side feature of a declared ``kind``.
+
+    - ``multi_hot``: a vocabulary of every value of every bag, mean-pooled;
+    - ``numeric``: bucketized at the 5%, 10%, ..., 95% quantiles of its known
+      (finite, non-zero) values;
+    - ``text``: tokens hashed into ``TEXT_BINS`` rows;
+    - ``id``: a vocabulary of its values, hashed into ``MAX_VOCABULARY`` rows when it
+      has more.
+
+    Example:
+        >>> feature_spec("multi_hot", [["Drama"], ["Action", "Drama"], []])
+        {'kind': 'multi_hot', 'vocabulary': ['Action', 'Drama'], 'pooling': 'mean'}
+
+    Raises:
+        ValueError: ``kind`` is unknown.
+    """
+    if kind == "multi_hot":
+        bags = sorted({str(v) for bag in values for v in bag if str(v)})
+        return {"kind": "multi_hot", "vocabulary": bags or ["<none>"], "pooling": "mean"}
+    if kind == "numeric":
+        numbers_ = np.asarray(values, dtype=np.float64)
+        known = numbers_[np.isfinite(numbers_) & (numbers_ != 0)]
+        quantiles = np.quantile(known, np.linspace(0, 1, 21)[1:-1]) if known.size else [0.0]
+        return {"kind": "bucketized", "boundaries": [float(q) for q in np.unique(quantiles)]}
+    if kind == "text":
+        return {"kind": "text", "num_bins": TEXT_BINS}
+    if kind == "id":
+        distinct = sorted({str(v) for v in values if str(v)})
+        if len(distinct) > MAX_VOCABULARY:
+            return {"kind": "id", "num_bins": MAX_VOCABULARY}
+        return {"kind": "id", "vocabulary": distinct or ["<none>"]}
+    raise ValueError(
+        f"Unknown feature kind {kind!r}: use one of 'id', 'multi_hot', 'text', 'numeric'."
+    )
+
+
+def side_features(
+    columns: Mapping[str, Sequence[Any]],
+    names: Sequence[str] | None,
+    kinds: Mapping[str, str],
+    where: str,
+) -> dict[str, Sequence[Any]]:
+    """The side-feature columns a tower uses: ``names`` of ``columns`` (None: all).
+
+    Raises:
+        ValueError: A name is not a column, or has no kind.
+    """
+    names = list(columns) if names is None else list(names)
+    missing = [n for n in names if n not in columns]
+    if missing:
+        raise ValueError(
+            f"{where.capitalize()} features {missing} are not in the data's {where} "
+            f"columns, which are {sorted(columns)}. Drop them from `{where}_features`."
+        )
+    unknown = [n for n in names if n not in kinds]
+    if unknown:
+        raise ValueError(
+            f"{where.capitalize()} features {unknown} have no kind: declare them in the data "
+            f"(data.{where}_features: {{name: id|multi_hot|text|numeric}})."
+        )
+    return {n: columns[n] for n in names}

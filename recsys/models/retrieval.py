@@ -11,15 +11,20 @@ import tensorflow_recommenders as tfrs
 from recsys import evaluation
 from recsys._tf import keras, tf
 from recsys.checks import check_choice, check_nonnegative, check_positive, check_positive_int
-from recsys.data.contract import Histories, InteractionData, positions
+from recsys.data.contract import FeatureData, Histories, InteractionData, positions
 from recsys.data.vocabulary import vocabulary
 from recsys.models._common import check_eval_split, seen_splits
-from recsys.models.features import FeatureStore, PairIndex
-from recsys.towers import ItemTower, UserTower
+from recsys.models.features import (
+    DEFAULT_ITEM_KINDS,
+    FeatureStore,
+    PairIndex,
+    feature_spec,
+    id_spec,
+    side_features,
+)
+from recsys.towers import Tower
 
 __all__ = ["RetrievalModel"]
-
-ITEM_FEATURES = ("genres", "year", "title")
 
 
 class RetrievalModel(tfrs.Model):
@@ -45,9 +50,12 @@ class RetrievalModel(tfrs.Model):
 
     Args:
         data: What the model reads (:class:`recsys.data.InteractionData`): the
-            training users, the item catalogue (with ``genres``, ``year``, ``title``
-            features when `item_features` names them) and the training interactions
-            (histories in timestamp order, item frequencies).
+            training users, the item catalogue with its feature columns and the
+            training interactions (histories in timestamp order, item frequencies).
+            Data that also declares its features (:class:`recsys.data.FeatureData`,
+            e.g. ``data=interactions``) gives their kinds, the user features and how
+            ids map to rows (a counted vocabulary, or hashing for open id spaces, so a
+            user or item never seen in training still gets an embedding).
         embedding_dim: Width of every feature embedding.
         output_dim: Width of the towers' last linear layer on top of the concatenated
             feature embeddings, or None for no MLP: each tower then sums its feature
@@ -61,8 +69,12 @@ class RetrievalModel(tfrs.Model):
         history_max_length: Keep each user's most recent items only (by timestamp,
             when the data has them), or None for the whole history. Long histories cost
             training time in proportion to their length.
-        item_features: Item features besides the id: any of ``"genres"``, ``"year"``,
-            ``"title"``.
+        item_features: Catalogue columns the item tower embeds besides the id (None:
+            all of them). Their kinds come from the data (`FeatureData`), or are
+            MovieLens's: ``genres`` multi-hot, ``year`` numeric (bucketized at its
+            quantiles), ``title`` text (hashed tokens).
+        user_features: Declared user columns the user tower embeds (None: all the
+            data declares; needs `FeatureData`).
         temperature: Softmax temperature (scores are divided by it).
         logq_correction: Subtract log(sampling probability) of each in-batch candidate
             (its training frequency) from its scores.
@@ -88,7 +100,8 @@ class RetrievalModel(tfrs.Model):
         history_pooling: str = "sqrtn",
         exclude_target_from_history: bool = True,
         history_max_length: int | None = None,
-        item_features: Sequence[str] = ("genres", "year"),
+        item_features: Sequence[str] | None = ("genres", "year"),
+        user_features: Sequence[str] | None = None,
         temperature: float = 0.3,
         logq_correction: bool = True,
         remove_accidental_hits: bool = True,
@@ -108,8 +121,6 @@ class RetrievalModel(tfrs.Model):
             raise ValueError(
                 "The user tower needs `use_user_id` or `use_history`. Received both False."
             )
-        for feature in item_features:
-            check_choice("item_features", feature, ITEM_FEATURES)
         check_positive("temperature", temperature)
         check_nonnegative("embeddings_l2", embeddings_l2)
         self.temperature = float(temperature)
@@ -117,7 +128,6 @@ class RetrievalModel(tfrs.Model):
         self.exclude_target_from_history = bool(exclude_target_from_history and use_history)
         self.top_k = int(top_k)
         self.use_history = bool(use_history)
-        self.item_feature_names = list(item_features)
 
         self.user_ids = vocabulary(data.user_vocabulary)
         catalogue = data.catalogue()
@@ -134,49 +144,52 @@ class RetrievalModel(tfrs.Model):
             user_columns["history"] = tf.RaggedTensor.from_row_splits(rows, histories.offsets)
             self._history_pairs = PairIndex(histories.offsets, rows, base=len(self.item_ids) + 1)
         self.user_store = FeatureStore(self.user_ids, user_columns, name="user_features")
-        missing = [f for f in self.item_feature_names if f not in catalogue.features]
-        if missing:
+        declared = isinstance(data, FeatureData)
+        kinds = data.feature_kinds() if declared else {"user": {}, "item": DEFAULT_ITEM_KINDS}
+        item_columns = side_features(catalogue.features, item_features, kinds["item"], "item")
+        self.item_feature_names = list(item_columns)
+        self.item_store = FeatureStore(self.item_ids, item_columns, name="item_features")
+        user_side: dict[str, Any] = {}
+        if declared:
+            users = data.user_table()
+            user_side = side_features(users.features, user_features, kinds["user"], "user")
+            self.user_side_store = FeatureStore(users.ids, user_side, name="user_side_features")
+        elif user_features:
             raise ValueError(
-                f"Item features {missing} are not in the data's catalogue, which has "
-                f"{sorted(catalogue.features)}. Drop them from `item_features`."
+                f"User features {list(user_features)} need data that declares them "
+                "(recsys.data.FeatureData, e.g. data=interactions). Received data of type "
+                f"{type(data).__name__}."
             )
-        columns = {name: list(catalogue.features[name]) for name in self.item_feature_names}
-        if "genres" in columns:
-            genres = sorted({g for bag in columns["genres"] for g in bag})
-        if "year" in columns:
-            years = np.array([y for y in columns["year"] if y > 0])
-            qs = np.unique(np.quantile(years, np.linspace(0, 1, 21)[1:-1])) if years.size else [0]
-        self.item_store = FeatureStore(self.item_ids, columns, name="item_features")
+        self.user_feature_names = list(user_side)
 
         # Without an MLP the towers' widths must match: add the feature embeddings.
-        combiner = "sum" if output_dim is None else "concat"
-        self.user_tower = UserTower(
-            user_vocabulary=self.user_ids if use_user_id else None,
-            history_num_rows=len(self.item_ids) + 1 if use_history else None,
-            embedding_dim=embedding_dim,
-            history_pooling=history_pooling,
-            embeddings_l2=embeddings_l2,
-            hidden_units=hidden_units,
-            output_dim=output_dim,
-            dropout=dropout,
-            combiner=combiner,
-            l2_normalize=l2_normalize,
-            name="user_tower",
-        )
-        self.item_tower = ItemTower(
-            item_vocabulary=self.item_ids,
-            genre_vocabulary=genres if "genres" in columns else None,
-            year_boundaries=list(qs) if "year" in columns else None,
-            title_num_bins=20_000 if "title" in columns else None,
-            embedding_dim=embedding_dim,
-            embeddings_l2=embeddings_l2,
-            hidden_units=hidden_units,
-            output_dim=output_dim,
-            dropout=dropout,
-            combiner=combiner,
-            l2_normalize=l2_normalize,
-            name="item_tower",
-        )
+        common = {"embedding_dim": embedding_dim, "embeddings_l2": embeddings_l2}
+        tower = {
+            "hidden_units": hidden_units,
+            "output_dim": output_dim,
+            "dropout": dropout,
+            "combiner": "sum" if output_dim is None else "concat",
+            "l2_normalize": l2_normalize,
+        }
+        user_specs: dict[str, dict[str, Any]] = {}
+        if use_user_id:
+            space = data.id_space("user") if declared else None
+            user_specs["user_id"] = {**id_spec(self.user_ids, space), **common}
+        if use_history:
+            user_specs["history"] = {
+                "kind": "multi_hot",
+                "num_rows": len(self.item_ids) + 1,
+                "pooling": history_pooling,
+                **common,
+            }
+        for name, values in user_side.items():
+            user_specs[name] = {**feature_spec(kinds["user"][name], values), **common}
+        space = data.id_space("item") if declared else None
+        item_specs = {"item_id": {**id_spec(self.item_ids, space), **common}}
+        for name, values in item_columns.items():
+            item_specs[name] = {**feature_spec(kinds["item"][name], values), **common}
+        self.user_tower = Tower(user_specs, name="user_tower", **tower)
+        self.item_tower = Tower(item_specs, name="item_tower", **tower)
         train_rows = catalogue.rows(train.items)[train.item_index]
         counts = np.bincount(train_rows[train_rows >= 0], minlength=len(self.item_ids))
         probability = np.maximum(counts, 0.5) / max(float(counts.sum()), 1.0)
@@ -199,7 +212,8 @@ class RetrievalModel(tfrs.Model):
             "history_pooling": history_pooling,
             "exclude_target_from_history": exclude_target_from_history,
             "history_max_length": history_max_length,
-            "item_features": list(item_features),
+            "item_features": None if item_features is None else list(item_features),
+            "user_features": None if user_features is None else list(user_features),
             "temperature": temperature,
             "logq_correction": logq_correction,
             "remove_accidental_hits": remove_accidental_hits,
@@ -219,6 +233,8 @@ class RetrievalModel(tfrs.Model):
         """
         user_ids = tf.reshape(user_ids, [-1])
         features: dict[str, Any] = {"user_id": user_ids}
+        if self.user_feature_names:
+            features.update(self.user_side_store(user_ids))
         if not self.use_history:
             return features
         index = self.user_store.index(user_ids)
