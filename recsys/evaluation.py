@@ -36,6 +36,7 @@ __all__ = [
     "accuracy",
     "auc",
     "mae",
+    "popularity_top_k_accuracy",
     "retrieval_metrics",
     "rmse",
 ]
@@ -217,6 +218,35 @@ def retrieval_metrics(
     for k in ndcg_ks:
         result[f"{prefix}ndcg@{k}"] = ndcg_sum[k] / n_users
     return result
+
+
+def popularity_top_k_accuracy(train_counts: Any, test_items: Any, k: int = 100) -> float:
+    """``top{k}_accuracy`` of recommending every user the ``k`` most popular items.
+
+    The baseline's score of an item is its training count; a test pair is a hit when
+    fewer than ``k`` items have a strictly higher count (as :func:`retrieval_metrics`
+    counts hits; seen items are not excluded).
+
+    Example:
+        >>> popularity_top_k_accuracy([5, 1, 3], [0, 1, 2, -1], k=2)
+        0.5
+
+    Args:
+        train_counts: `[num_items]` training interactions of each catalogue item.
+        test_items: `[n]` catalogue rows of the test pairs (-1: not in the catalogue,
+            never a hit).
+        k: The cut-off.
+    """
+    counts = np.asarray(train_counts, dtype=np.float64).reshape(-1)
+    items = _as_index_array("test_items", test_items)
+    k = check_positive_int("k", k)
+    if not items.size:
+        return 0.0
+    if k >= counts.size:
+        return float(np.mean(items >= 0))
+    kth = np.sort(counts)[::-1][k - 1]
+    hits = (items >= 0) & (counts[np.maximum(items, 0)] >= kth)
+    return float(np.mean(hits))
 
 
 def _as_float_pair(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -148,3 +148,31 @@ def test_auc_matches_pairwise_definition_with_ties():
     assert evaluation.accuracy(labels, scores) == pytest.approx(np.mean((scores > 0.5) == labels))
     with pytest.raises(ValueError, match="both classes"):
         evaluation.auc([1, 1], [0.2, 0.3])
+
+
+def test_popularity_baseline_counts_hits_as_retrieval_metrics_does():
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 6, size=40)  # many ties
+    test_items = rng.integers(-1, 40, size=200)
+    for k in (1, 5, 17, 40, 100):
+        strictly_higher = np.array(
+            [(counts > counts[i]).sum() if i >= 0 else k for i in test_items]
+        )
+        expected = float(np.mean((test_items >= 0) & (strictly_higher < k)))
+        assert evaluation.popularity_top_k_accuracy(counts, test_items, k=k) == pytest.approx(
+            expected
+        )
+    # The same rule as retrieval_metrics with the counts as every user's scores.
+    users = np.zeros(len(test_items[test_items >= 0]), dtype=int)
+    got = evaluation.retrieval_metrics(
+        np.ones([1, 1], "float32"),
+        counts[:, None].astype("float32"),
+        users,
+        test_items[test_items >= 0],
+        top_accuracy_ks=[5],
+        recall_ks=[],
+        ndcg_ks=[],
+    )["test/top5_accuracy"]
+    assert evaluation.popularity_top_k_accuracy(
+        counts, test_items[test_items >= 0], k=5
+    ) == pytest.approx(got)

@@ -192,6 +192,7 @@ class RetrievalModel(tfrs.Model):
         self.item_tower = Tower(item_specs, name="item_tower", **tower)
         train_rows = catalogue.rows(train.items)[train.item_index]
         counts = np.bincount(train_rows[train_rows >= 0], minlength=len(self.item_ids))
+        self.train_counts = counts
         probability = np.maximum(counts, 0.5) / max(float(counts.sum()), 1.0)
         self._item_lookup = keras.layers.StringLookup(
             vocabulary=list(self.item_ids), num_oov_indices=1, mask_token=None
@@ -299,7 +300,9 @@ class RetrievalModel(tfrs.Model):
 
         Returns `{split}/top100_accuracy` (training items ranked too, as
         `tfrs.metrics.FactorizedTopK`), `{split}/recall@100` and `{split}/ndcg@10`
-        (the items the model saw before `split`, train and for test also val, excluded).
+        (the items the model saw before `split`, train and for test also val, excluded),
+        and `{split}/popularity_top100_accuracy`: the top-100 accuracy of recommending
+        the most popular training items to everyone, on the same split.
         """
         rows = data.interactions(check_eval_split(split))
         if not len(rows):
@@ -311,7 +314,7 @@ class RetrievalModel(tfrs.Model):
         seen_users = positions(users, seen.keys)[owner]
         seen_items = positions(items, data.catalogue().ids)[members]
         known = seen_users >= 0  # users seen only in val have no test pairs to rank
-        return evaluation.retrieval_metrics(
+        metrics = evaluation.retrieval_metrics(
             self._all_embeddings(users, "user"),
             self._all_embeddings(items, "item"),
             positions(users, rows.users)[rows.user_index],
@@ -320,6 +323,11 @@ class RetrievalModel(tfrs.Model):
             seen_items[known],
             prefix=f"{split}/",
         )
+        # The popularity baseline on the same split, for comparison.
+        metrics[f"{split}/popularity_top100_accuracy"] = evaluation.popularity_top_k_accuracy(
+            self.train_counts, data.catalogue().rows(rows.items)[rows.item_index], k=100
+        )
+        return metrics
 
     # ----------------------------------------------------------------- export
     def export(self, path: str, k: int | None = None) -> None:
