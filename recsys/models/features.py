@@ -55,6 +55,7 @@ class FeatureStore(keras.layers.Layer):
         if len(set(self.keys)) != len(self.keys):
             raise ValueError(f"`keys` must be unique. Received {len(self.keys)} keys with repeats.")
         self._tables: dict[str, Any] = {}
+        self.built = True  # no weights to build; lookups may bypass __call__ (index/gather)
         self._lookup = keras.layers.StringLookup(
             vocabulary=self.keys, num_oov_indices=1, mask_token=None, name="key_lookup"
         )
