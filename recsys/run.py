@@ -242,7 +242,7 @@ class RunLock:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": time.time(),
-            "command": shlex.join(sys.argv),
+            "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
@@ -260,10 +260,11 @@ class RunLock:
             os.close(fd)  # closing drops the flock
 
     def _busy(self, owner: Mapping[str, Any] | None) -> RunDirectoryBusy:
+        pid = (owner or {}).get("pid", "PID")
         return RunDirectoryBusy(
             f"{self.root} is in use by another run: {_describe_owner(owner)}. Wait for it "
-            "to end, stop it (kill PID), or give this run another directory "
-            "(hydra.run.dir=...)."
+            f"to end, stop it (kill {pid}: it saves a checkpoint and exits), or give this "
+            "run another directory (hydra.run.dir=...)."
         )
 
 
@@ -493,10 +494,13 @@ def check_resumable(cfg: DictConfig, paths: RunPaths) -> None:
         return
     model_changes = [c for c in changes if c.startswith("model.")]
     if model_changes:
-        raise ValueError(
+        from recsys.training.errors import ConfigError  # no TensorFlow there
+
+        raise ConfigError(
             f"{paths.root} holds a checkpoint of a different model ({'; '.join(model_changes)}), "
             "so it cannot be resumed. Use a new run directory (hydra.run.dir=...) or start "
-            "over in this one with trainer.resume=false."
+            "over in this one with trainer.resume=false.",
+            "model",
         )
     log.warning("Resuming with a changed config: %s", "; ".join(changes))
 

@@ -147,28 +147,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             log.warning("Took over the lock of a run that is gone: %s", lock.stale_owner)
         remove_partial_files(run)
         check_resumable(cfg, run)
-        plan = _plan_hardware(cfg, run.root)
-        log.info("Loading data <%s>", cfg.data._target_)
-        _read("data", cfg, hydra.utils.get_class)(cfg.data._target_)  # imports: not interrupted
-        with stop.immediate("loading data"):
-            data = _read("data", cfg, lambda: instantiate(cfg.data).setup())()
-        stop.phase = "starting TensorFlow"
-        _start_tensorflow(plan)  # TensorFlow only now, after the hardware plan
-
-        from recsys._tf import keras
-        from recsys.training.trainer import check_learning_rate
-
-        keras.backend.clear_session()
-        if cfg.get("seed") is not None:
-            keras.utils.set_random_seed(_read("seed", cfg, check_int)("seed", cfg.seed))
-        trainer = _read("trainer", cfg, instantiate)(cfg.trainer)
-        stop.phase = "building the model"
-        log.info("Building model <%s>", cfg.model._target_)
-        model_fn = _read("model", cfg, instantiate(cfg.model, _partial_=True))
-        optimizer = _read("optimizer", cfg, instantiate(cfg.optimizer, _partial_=True))
-        optimizer_fn = _read("optimizer", cfg, lambda: check_learning_rate(optimizer()))
-        model = trainer.build(model_fn, optimizer_fn, data)
-        stop.check()
+        data, trainer, model = _build(cfg, run, stop)
         save_config(cfg, run.config)
         try:
             stop.phase = "training"
@@ -180,6 +159,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         except TrainingInterrupted as err:
             _write_interrupted(run, err, cfg)
             raise
+        stop.phase = "writing the results"  # a signal now lets the finished run end
         write_metrics(
             run.metrics,
             metrics,
@@ -195,6 +175,38 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     log.info("Artifacts in %s", run.root)
     objects = {"datamodule": data, "trainer": trainer, "model": model, "paths": run}
     return metrics, {**objects, "optimizer": model.optimizer, "history": fit.history, "fit": fit}
+
+
+def _build(cfg: DictConfig, run: RunPaths, stop: StopSignals) -> tuple[Any, Any, Any]:
+    """The hardware plan, then the data, TensorFlow, the trainer and the compiled model.
+
+    Whatever a constructor refuses is reported as a mistake in its config group. The
+    data comes before TensorFlow starts, so a bad data setting or file fails in seconds.
+    """
+    plan = _plan_hardware(cfg, run.root)
+    log.info("Loading data <%s>", cfg.data._target_)
+    # Import the module before a signal may interrupt: a cut import can crash the exit.
+    _read("data", cfg, hydra.utils.get_class)(cfg.data._target_)
+    with stop.immediate("loading data"):
+        data = _read("data", cfg, lambda: instantiate(cfg.data).setup())()
+    stop.phase = "starting TensorFlow"
+    _start_tensorflow(plan)  # TensorFlow only now, after the hardware plan
+
+    from recsys._tf import keras
+    from recsys.training.trainer import check_learning_rate
+
+    keras.backend.clear_session()
+    if cfg.get("seed") is not None:
+        keras.utils.set_random_seed(_read("seed", cfg, check_int)("seed", cfg.seed))
+    trainer = _read("trainer", cfg, instantiate)(cfg.trainer)
+    stop.phase = "building the model"
+    log.info("Building model <%s>", cfg.model._target_)
+    model_fn = _read("model", cfg, _read("model", cfg, instantiate)(cfg.model, _partial_=True))
+    optimizer = _read("optimizer", cfg, instantiate)(cfg.optimizer, _partial_=True)
+    optimizer_fn = _read("optimizer", cfg, lambda: check_learning_rate(optimizer()))
+    model = trainer.build(model_fn, optimizer_fn, data)
+    stop.check()
+    return data, trainer, model
 
 
 def _report(message: str) -> None:

@@ -644,20 +644,26 @@ def _random_point(setup: Setup, run: TrainRun, after: int = -1) -> bool:
     """Wait for a random step of the run, then a random part of a checkpoint interval.
 
     The step is drawn between the first step checkpoint after ``after`` and the last
-    ones of the run, so the signal lands while the run trains, between two
-    checkpoints. False when the run ended first.
+    ones of the run; once a checkpoint at or past it is listed, the wait goes on for a
+    random part of the time the last interval between two checkpoints took, so the
+    signal lands while the run trains, between two checkpoints. False when the run
+    ended first.
     """
     every = setup.every_steps
     low = max(after, 0) + every
-    high = max(low + 1, setup.total_steps - 2 * every)
-    target = setup.rng.randrange(low, high)
-    if not wait_for(lambda: max(committed_checkpoints(run.run_dir), default=-1) >= target, run):
+    target = setup.rng.randrange(low, max(low + 1, setup.total_steps - 2 * every))
+    seen: list[tuple[int, float]] = []
+
+    def reached() -> bool:
+        newest = max(committed_checkpoints(run.run_dir), default=-1)
+        if not seen or newest != seen[-1][0]:
+            seen.append((newest, time.monotonic()))
+        return newest >= target
+
+    if not wait_for(reached, run):
         return False
-    reached = committed_checkpoints(run.run_dir)[-1]
-    t0 = time.monotonic()
-    if not _wait_checkpoints(run, 1, reached):
-        return False
-    time.sleep(setup.rng.uniform(0, time.monotonic() - t0))
+    interval = seen[-1][1] - seen[-2][1] if len(seen) > 2 else 0.05
+    time.sleep(setup.rng.uniform(0, interval))
     return run.alive
 
 
@@ -901,9 +907,10 @@ def _report(figures: dict[str, Any]) -> list[str]:
     lines = [
         f"kill -9 survived: {k['kills']} of {k['kills']} ({k['during_write']} during a checkpoint write); "
         f"final run exit {k['final_status']}",
-        f"SIGTERM survived: {s['signals']} of {s['signals']}; exit 143: {s['exit_143']}; "
-        f"'Interrupted by SIGTERM' message: {s['message']}; steps redone on resume: {s['redone']} "
-        f"(limit checkpoint_every_steps={figures['every_steps']}); seconds from signal to exit: {s['seconds_to_exit']}",
+        f"SIGTERM sent: {s['signals']}; exit 143 with 'Interrupted by SIGTERM': "
+        f"{min(s['exit_143'], s['message'])}; steps redone on resume: {s['redone']} (limit "
+        f"checkpoint_every_steps={figures['every_steps']}); seconds from signal to exit: "
+        f"{s['seconds_to_exit']}; final run exit {s['final_status']}",
         f"corrupted checkpoints recovered: {c['recovered']} of {c['tried']} "
         f"({', '.join(x['corruption'] for x in c['cases'])}); every checkpoint corrupted: "
         f"refused to start over: {c['none_usable_refused']}",

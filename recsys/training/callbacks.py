@@ -80,7 +80,11 @@ class TrainingCheckpoints(keras.callbacks.Callback):
         path = self.state.save(position, self._number(position))
         self._last_save = self.clock()
         self.saved.append(path)
-        log.info("Saved checkpoint %s (epoch %d, step %d)", path, position.epoch, position.step)
+        if position.step:
+            where = f"epoch {position.epoch + 1}, step {position.step} of {self.steps_per_epoch}"
+        else:
+            where = f"end of epoch {position.epoch}"
+        log.info("Saved checkpoint %s (%s)", Path(path).name, where)
         return path
 
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:

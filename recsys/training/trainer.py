@@ -110,6 +110,25 @@ def check_learning_rate(optimizer: keras.optimizers.Optimizer) -> keras.optimize
     return optimizer
 
 
+def _training_input(
+    train_data: tf.data.Dataset, start: Position, steps: int | None
+) -> tuple[tf.data.Dataset, dict[str, int]]:
+    """What ``fit`` gets to see, from ``start``, the orders an uninterrupted run sees.
+
+    Returns:
+        The dataset and the ``fit`` arguments that go with it (``steps_per_epoch``).
+    """
+    if steps is None:
+        # Keras makes one iterator before the first epoch and a fresh one per epoch.
+        for _ in range(start.epoch):
+            iter(train_data)
+        return train_data, {}
+    for _ in range(start.epoch + 1):  # see the module docstring
+        iter(train_data)
+    x = train_data.repeat()
+    return (x.skip(start.step) if start.step else x), {"steps_per_epoch": steps}
+
+
 class _ResumeAt:
     """Answers tf-keras's ``fit`` when it asks where to start (epoch, step).
 
@@ -195,7 +214,7 @@ class Trainer:
         resume: bool = True,
         checkpoint_max_to_keep: int = 2,
         checkpoint_every_steps: int = 0,
-        checkpoint_every_seconds: float = 0.0,
+        checkpoint_every_seconds: float = 600.0,
         tensorboard: bool = True,
         export: bool = True,
         verbose: str | int = "auto",
@@ -365,20 +384,13 @@ class Trainer:
             start = Position(start.epoch)
         step_level = steps is not None and self.supports_step_checkpoints()
         if not step_level and (self.checkpoint_every_steps or self.checkpoint_every_seconds):
-            log.warning("Checkpoints are saved at epoch ends only in this run (see above).")
-
-        if steps is None:
-            # Keras makes one iterator before the first epoch and a fresh one per epoch.
-            for _ in range(start.epoch):
-                iter(train_data)
-            x, length = train_data, {}
-        else:
-            for _ in range(start.epoch + 1):  # see the module docstring
-                iter(train_data)
-            x = train_data.repeat()
-            if start.step:
-                x = x.skip(start.step)
-            length = {"steps_per_epoch": steps}
+            log.warning(
+                "Checkpoints are saved at epoch ends only in this run: %s.",
+                "the epoch length is unknown"
+                if steps is None
+                else "this trainer does not support step checkpoints",
+            )
+        x, length = _training_input(train_data, start, steps)
         val_data = None
         if self.validate and has_val:
             val_data = _limit(data.val_dataset(), self.limit_val_batches)
