@@ -48,8 +48,10 @@ def lean_adam_reference(
     """Lazy Adam in float64, moments kept rounded to `moment_dtype`.
 
     `steps` holds (indices, values) pairs; indices None means a dense gradient
-    (values for every row). Returns the variable, m, v (and vhat) in the table's shape.
+    (values for every row). Returns the variable and the slots as SparseAdam stores
+    them (m, v, vhat; float16 keeps the square roots of v and vhat), table-shaped.
     """
+    root = moment_dtype == "float16"
     shape = table.shape
     var = table.astype(np.float64).reshape(shape[0], -1)
     m, v, vhat = (np.zeros_like(var) for _ in range(3))
@@ -79,9 +81,17 @@ def lean_adam_reference(
             bits = np_rounding_bits(np_step_seed(t - 1, stream), rows, row_size)
             m_bits, v_bits = low16(bits), high16(bits)
         m[rows] = np_round(m_new, moment_dtype, m_bits)
-        v[rows] = np_round(v_new, moment_dtype, v_bits)
+        if root:
+            v[rows] = np_round(np.sqrt(v_new), moment_dtype, v_bits) ** 2
+        else:
+            v[rows] = np_round(v_new, moment_dtype, v_bits)
         if amsgrad:
-            vhat[rows] = np_round(vhat_new, moment_dtype, v_bits)
+            if root:
+                vhat[rows] = np_round(np.sqrt(vhat_new), moment_dtype, v_bits) ** 2
+            else:
+                vhat[rows] = np_round(vhat_new, moment_dtype, v_bits)
+    if root:
+        v, vhat = np.sqrt(v), np.sqrt(vhat)
     return [a.reshape(shape) for a in (var, m, v, vhat)]
 
 
@@ -325,3 +335,23 @@ def test_mixed_precision_loss_scaling_with_lean_moments():
     assert np.isfinite(after).all()
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert {s.dtype for s in optimizer.inner_optimizer._momentums} == {tf.bfloat16}
+
+
+@FUSED
+def test_float16_keeps_the_second_moment_of_small_gradients(jit_compile):
+    # Embedding gradients of a mean loss over a large batch are often 1e-5: v = g**2
+    # (1e-13 after one step) is zero in float16, and a row with m but no v would step
+    # 30x too far. float16 slots keep sqrt(v) instead, so lean steps match full ones.
+    table = np.zeros([8, 4], np.float32)
+    full, lean = SparseAdam(0.01), SparseAdam(0.01, moment_dtype="float16", jit_compile=jit_compile)
+    full_var, lean_var = tf.Variable(table), tf.Variable(table)
+    rng = np.random.default_rng(12)
+    for _ in range(20):
+        values = (1e-5 * (1 + 0.1 * rng.normal(size=(4, 4)))).astype(np.float32)
+        for optimizer, var in ((full, full_var), (lean, lean_var)):
+            grad = tf.IndexedSlices(tf.constant(values), tf.constant([0, 1, 2, 3]), [8, 4])
+            optimizer.apply_gradients([(grad, var)])
+    assert (lean._velocities[0].numpy()[:4] > 0).all()
+    # Within the noise of float16 subnormals (sqrt(v) is 3e-7 after one step).
+    np.testing.assert_allclose(lean_var.numpy(), full_var.numpy(), rtol=0.15)
+    np.testing.assert_array_equal(lean_var.numpy()[4:], 0.0)
