@@ -65,7 +65,8 @@ def test_checks_follow_the_issue_targets():
 
 
 @pytest.mark.slow
-def test_tiny_run_writes_json_and_table(tmp_path, capsys):
+def test_tiny_run_writes_json_and_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)  # restored afterwards
     output = tmp_path / "serving.json"
     code = bench.main(
         [
@@ -75,6 +76,7 @@ def test_tiny_run_writes_json_and_table(tmp_path, capsys):
     )
     assert code == 0
     payload = json.loads(output.read_text())
+    assert payload["tf_enable_onednn_opts"] == "1"
     by_index = {r["index"]: r for r in payload["results"]}
     assert set(by_index) == {"numpy", "exact", "partitioned"}
     for name in ("exact", "partitioned"):

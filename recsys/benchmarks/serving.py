@@ -18,7 +18,9 @@ For catalogues of 100k and 1M items (64-d synthetic embeddings) it:
    Parquet files, seen items excluded in both) and its speed-ups, and NumPy's time
    for the same single request (matrix-vector product, argpartition, sort).
 
-Prints a table and writes JSON.
+Every process runs with ``TF_ENABLE_ONEDNN_OPTS=1`` unless told otherwise, as
+recsys's hardware plan sets it: on this AVX2 CPU TensorFlow leaves oneDNN off, and its
+own matrix products are about half as fast. Prints a table and writes JSON.
 
 Run:
     python -m recsys.benchmarks.serving                         # 100k and 1M items
@@ -467,6 +469,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output", default="benchmarks_out/serving.json", help="where to write the JSON"
     )
+    parser.add_argument(
+        "--onednn",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="TF_ENABLE_ONEDNN_OPTS for every process: auto keeps yours, else on, as "
+        "recsys's hardware plan sets it (TensorFlow's own default is off on CPUs without "
+        "AVX-512)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--users-file", help=argparse.SUPPRESS)
@@ -481,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
+    if args.onednn != "auto" or "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
+        # Before TensorFlow is imported here; the fresh processes inherit it.
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0" if args.onednn == "off" else "1"
     sizes = [int(s) for s in args.items.split(",")]
     if any(s < args.k for s in sizes) or args.users < 1 or args.requests < 1:
         parser.error(
@@ -520,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         "requests": args.requests,
         "topics": args.topics,
         "noise": args.noise,
+        "tf_enable_onednn_opts": os.environ["TF_ENABLE_ONEDNN_OPTS"],
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
