@@ -30,6 +30,7 @@ This module does not import TensorFlow (the training loop's Keras callbacks live
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import json
@@ -63,6 +64,7 @@ __all__ = [
     "project_root",
     "read_history",
     "register_resolvers",
+    "release_run_locks",
     "remove_partial_files",
     "replace_directory",
     "run_lock",
@@ -273,6 +275,17 @@ class RunLock:
 _HELD: dict[Path, tuple[RunLock, int]] = {}
 
 
+def release_run_locks() -> None:
+    """Release every run lock this process holds (it is about to exit).
+
+    The kernel would drop them anyway; releasing clears the lock files, so the next
+    run does not report a stale lock of a run that ended normally.
+    """
+    for lock, _ in list(_HELD.values()):
+        lock.release()
+    _HELD.clear()
+
+
 @contextlib.contextmanager
 def run_lock(root: Path) -> Iterator[RunLock]:
     """Hold ``root``'s :class:`RunLock` for the block; re-entrant within a process.
@@ -285,6 +298,9 @@ def run_lock(root: Path) -> Iterator[RunLock]:
         ...     train_in(lock.root)
     """
     key = Path(root).resolve()
+    if not _HELD:  # an exit through SystemExit skips on_run_end: release at exit then
+        atexit.unregister(release_run_locks)
+        atexit.register(release_run_locks)
     if key in _HELD:
         lock, count = _HELD[key]
         _HELD[key] = (lock, count + 1)

@@ -47,6 +47,7 @@ from recsys.run import (
     plot_curves,
     read_history,
     register_resolvers,
+    release_run_locks,
     remove_partial_files,
     run_lock,
     save_config,
@@ -288,6 +289,7 @@ def cli() -> None:
         main()
     except SystemExit as leaving:
         if isinstance(leaving.code, int) and leaving.code > 128:  # 128 + signal number
+            release_run_locks()
             logging.shutdown()  # flushes the log file
             sys.stdout.flush()
             sys.stderr.flush()

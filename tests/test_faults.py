@@ -144,6 +144,7 @@ def test_sigterm_from_outside_stops_at_the_next_step_and_the_rerun_redoes_nothin
     err = run.err()
     assert "Interrupted by SIGTERM: saved checkpoint ckpt-" in err
     assert TRACEBACK not in err and TRACEBACK not in run.out()
+    assert (run_dir / ".lock").read_text() == ""  # released on the way out
     interrupted = _metrics(run_dir)
     assert interrupted["status"] == "interrupted"
     stop = interrupted["interrupted"]
