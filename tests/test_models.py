@@ -166,16 +166,21 @@ def test_retrieval_metrics_and_export(movielens, retrieval, tmp_path):
     model, losses = retrieval
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     metrics = model.evaluate_metrics(movielens, split="test")
-    assert list(metrics) == ["test/top100_accuracy", "test/recall@100", "test/ndcg@10"]
+    assert list(metrics) == [
+        "test/top100_accuracy",
+        "test/recall@100",
+        "test/ndcg@10",
+        "test/popularity_top100_accuracy",
+    ]
     # 40 items < 100: every test pair is in the top 100, and all test items are recalled.
     assert metrics["test/top100_accuracy"] == 1.0
     assert metrics["test/recall@100"] == 1.0
     assert 0.0 < metrics["test/ndcg@10"] <= 1.0
 
-    model.export(str(tmp_path))
-    serving = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
+    folder = model.export(str(tmp_path), movielens)
+    serving = tf.saved_model.load(str(folder)).signatures["unfiltered"]
     users = tf.constant(["u3", "u7", "nobody"])
-    out = serving(user_id=users)
+    out = serving(user_id=users, k=tf.constant(5))
     assert out["item_ids"].shape == (3, 5) and out["item_ids"].dtype == tf.string
     assert out["scores"].shape == (3, 5) and out["scores"].dtype == tf.float32
     expected = (
@@ -279,8 +284,8 @@ def test_ranking_trains_evaluates_and_exports(movielens, tmp_path):
     )
     assert metrics["test/mae"] == pytest.approx(np.mean(np.abs(truth - predicted)), rel=1e-5)
 
-    model.export(str(tmp_path))
-    serving = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
+    folder = model.export(str(tmp_path))
+    serving = tf.saved_model.load(str(folder)).signatures["serving_default"]
     out = serving(user_id=tf.constant(users[:7]), item_id=tf.constant(items[:7]))
     assert set(out) == {"rating"} and out["rating"].shape == (7,)
     np.testing.assert_allclose(out["rating"].numpy(), predicted[:7], rtol=1e-5)
@@ -348,8 +353,8 @@ def test_text_classifier_learns_and_exports(imdb, tmp_path):
     assert metrics["test/accuracy"] == pytest.approx(np.mean((probabilities > 0.5) == labels))
     assert metrics["test/auc"] > 0.9  # two sentiment words per review
 
-    model.export(str(tmp_path))
-    serving = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
+    folder = model.export(str(tmp_path))
+    serving = tf.saved_model.load(str(folder)).signatures["serving_default"]
     out = serving(text=tf.constant(imdb.test["text"].to_numpy()[:5]))
     assert set(out) == {"probability"} and out["probability"].shape == (5,)
     np.testing.assert_allclose(out["probability"].numpy(), probabilities[:5], rtol=1e-5)

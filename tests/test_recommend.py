@@ -1,4 +1,10 @@
-"""recsys.recommend: a user's top-k items with titles, from a run directory's export."""
+"""recsys.recommend: top-k items from a run's export, one user printed or many to Parquet.
+
+Two kinds of runs: real tiny retrieval and ranking runs (the current export: seen items
+left out, k chosen per call, batch output, pair scores), and a run of the fake model,
+whose export is a single-input top-5 signature as exports were before the serving
+rework: those still answer.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,9 @@ import pandas as pd
 import pytest
 
 from recsys._tf import tf
-from recsys.recommend import main, recommend
+from recsys.recommend import load_export, main, recommend
 from recsys.train import train
-from tests.helpers.training import compose_train, process_state_restored
+from tests.helpers.training import compose_train, process_state_restored, write_tiny_movielens
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +102,7 @@ def test_non_retrieval_export_is_refused(tmp_path: Path) -> None:
         ],
     )
     tf.saved_model.save(module, str(tmp_path / "export"), signatures=module.serve)
-    with pytest.raises(ValueError, match="not a retrieval export"):
+    with pytest.raises(ValueError, match="not a retrieval model"):
         recommend(tmp_path, "1")
 
 
@@ -107,3 +113,118 @@ def test_run_without_items_table_gives_ids_only(run_dir: Path, tmp_path: Path) -
     frame = recommend(copy, "u3", k=2)
     assert "title" not in frame.columns
     assert frame["item_id"].tolist() == recommend(run_dir, "u3", k=2)["item_id"].tolist()
+
+
+# ------------------------------------------------------------- current exports
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny retrieval run and a tiny ranking run on a small MovieLens-100K release."""
+    root = tmp_path_factory.mktemp("real")
+    data = write_tiny_movielens(root / "ml-100k")
+    common = [
+        "+debug=fast",
+        f"data.path={data}",
+        f"data.data_dir={root / 'cache'}",
+        "data.batch_size=64",
+        "data.val_fraction=0.1",
+        "model.embedding_dim=8",
+        "trainer.limit_train_batches=null",
+    ]
+    runs: dict[str, Any] = {}
+    with process_state_restored():
+        for name, experiment in (("retrieval", "movielens"), ("ranking", "movielens_ranking")):
+            cfg = compose_train([f"+experiment={experiment}", *common], run_dir=root / name)
+            _, objects = train(cfg)
+            runs[name] = root / name
+            runs[f"{name}_data"] = objects["datamodule"]
+    return runs
+
+
+def _seen(data: Any) -> pd.Series:
+    return pd.concat([data.train, data.val]).groupby("user_id")["item_id"].agg(set)
+
+
+def test_one_user_leaves_out_training_and_validation_items(real_runs: dict[str, Any]) -> None:
+    run, seen = real_runs["retrieval"], _seen(real_runs["retrieval_data"])
+    for user in list(seen.index)[:10]:
+        frame = recommend(run, user, k=8)
+        assert frame["rank"].tolist() == list(range(1, len(frame) + 1))
+        assert not set(frame["item_id"]) & seen[user]
+        assert frame["score"].is_monotonic_decreasing
+        assert all(t.startswith("Movie number") for t in frame["title"])
+    with_seen = recommend(run, seen.index[0], k=40, include_seen=True)
+    assert set(with_seen["item_id"]) & seen[seen.index[0]]  # the unfiltered signature
+
+
+def test_all_users_to_parquet_equals_the_single_user_answers(
+    real_runs: dict[str, Any], tmp_path: Path
+) -> None:
+    run, seen = real_runs["retrieval"], _seen(real_runs["retrieval_data"])
+    out = tmp_path / "recs.parquet"
+    assert main([str(run), "--all-users", "-k", "5", "--out", str(out), "--no-progress"]) == 0
+    recs = pd.read_parquet(out)
+    assert list(recs.columns) == ["user_id", "rank", "item_id", "score"]
+    assert set(recs["user_id"]) == set(seen.index)  # every stored user (train and val)
+    assert len(recs) == 5 * len(seen)
+    for user, rows in recs.groupby("user_id"):
+        assert rows["rank"].tolist() == [1, 2, 3, 4, 5]
+        assert rows["score"].is_monotonic_decreasing
+        assert not set(rows["item_id"]) & seen[user]
+    for user in sorted(seen.index)[::7]:
+        single = recommend(run, user, k=5)
+        rows = recs[recs["user_id"] == user]
+        assert rows["item_id"].tolist() == single["item_id"].tolist()
+        np.testing.assert_allclose(rows["score"], single["score"], rtol=1e-6)
+
+
+def test_users_from_a_text_or_parquet_file(real_runs: dict[str, Any], tmp_path: Path) -> None:
+    run = real_runs["retrieval"]
+    (tmp_path / "users.txt").write_text("1\n2\n\nnew-user\n")
+    pd.DataFrame({"customer": ["1", "2", "new-user"]}).to_parquet(tmp_path / "users.parquet")
+    text_out, parquet_out = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    args = ["-k", "3", "--no-progress"]
+    assert (
+        main([str(run), "--users", str(tmp_path / "users.txt"), *args, "--out", str(text_out)]) == 0
+    )
+    assert (
+        main([str(run), "--users", str(tmp_path / "users.parquet"), "--users-column", "customer",
+              *args, "--out", str(parquet_out)])
+        == 0
+    )  # fmt: skip
+    a, b = pd.read_parquet(text_out), pd.read_parquet(parquet_out)
+    assert a["user_id"].tolist() == ["1"] * 3 + ["2"] * 3 + ["new-user"] * 3  # unknown: answered
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_pairs_of_a_ranking_run(real_runs: dict[str, Any], tmp_path: Path) -> None:
+    run = real_runs["ranking"]
+    pd.DataFrame({"user_id": ["1", "2", "nobody"], "item_id": ["3", "4", "5"]}).to_csv(
+        tmp_path / "pairs.csv", index=False
+    )
+    out = tmp_path / "scores.parquet"
+    assert main([str(run), "--pairs", str(tmp_path / "pairs.csv"), "--out", str(out)]) == 0
+    scores = pd.read_parquet(out)
+    assert list(scores.columns) == ["user_id", "item_id", "rating"]
+    serve = load_export(run).signatures["serving_default"]
+    expected = serve(
+        user_id=tf.constant(["1", "2", "nobody"]), item_id=tf.constant(["3", "4", "5"])
+    )
+    np.testing.assert_allclose(scores["rating"], expected["rating"].numpy(), rtol=1e-6)
+
+
+def test_wrong_kind_of_run_or_missing_out_is_one_clear_error(
+    real_runs: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("user_id,item_id\n1,2\n")
+    out = str(tmp_path / "x.parquet")
+    assert main([str(real_runs["retrieval"]), "--pairs", str(pairs), "--out", out]) == 2
+    assert "not a ranking model" in capsys.readouterr().err
+    assert main([str(real_runs["ranking"]), "--user-id", "1"]) == 2
+    assert "not a retrieval model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(real_runs["retrieval"]), "--all-users"])
+    assert exit_info.value.code == 2
+    assert "--out" in capsys.readouterr().err

@@ -254,7 +254,12 @@ def test_multirun_two_learning_rates(tmp_path: Path) -> None:
 # ------------------------------------------------------------ the real experiments
 
 REQUIRED_METRICS = {
-    "movielens": {"test/top100_accuracy", "test/recall@100", "test/ndcg@10"},
+    "movielens": {
+        "test/top100_accuracy",
+        "test/recall@100",
+        "test/ndcg@10",
+        "test/popularity_top100_accuracy",
+    },
     "movielens_ranking": {"test/rmse", "test/mae"},
     "imdb": {"test/accuracy", "test/auc"},
 }
@@ -310,12 +315,17 @@ def test_experiment_smoke_run(
     assert (run_dir / "config.yaml").is_file()
     assert (run_dir / "checkpoints" / "checkpoint").is_file()
 
-    serve = tf.saved_model.load(str(run_dir / "export")).signatures["serving_default"]
+    from recsys.serving import latest_version
+
+    loaded = tf.saved_model.load(str(latest_version(run_dir / "export")))
+    serve = loaded.signatures["serving_default"]
     inputs = _signature_inputs(serve)
     if experiment == "movielens":
+        assert set(inputs) == {"user_id", "k"}
         users = tf.constant(["1", "2", "unknown-user"])
-        out = serve(**{next(iter(inputs)): users})
+        out = serve(user_id=users, k=tf.constant(10))
         k = out["item_ids"].shape[1]
+        assert k == 10
         assert out["item_ids"].dtype == tf.string
         assert out["scores"].dtype == tf.float32
         assert out["item_ids"].shape == out["scores"].shape == (3, k)

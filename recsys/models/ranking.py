@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -309,10 +310,20 @@ class RankingModel(tfrs.Model):
             f"{split}/mae": evaluation.mae(truth, predictions),
         }
 
-    def export(self, path: str) -> None:
-        """Writes a SavedModel: ``(user_id, item_id)`` strings `[None]` -> ``{"rating"}``."""
+    def export(self, path: str, data: Any = None) -> Path:
+        """Writes a SavedModel under `path/<version>`: ``(user_id, item_id)`` strings `[None]` -> ``{"rating"}``.
+
+        Args:
+            path: The export folder (TensorFlow Serving's layout: ``path/1/``).
+            data: The training data (unused: a rating needs nothing more than the model).
+
+        Returns:
+            The SavedModel's folder.
+        """
+        from recsys.serving import save_versioned
+
         module = _RankingExport(self)
-        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+        return save_versioned(module, path, {"serving_default": module.serve}, version=1)
 
     def get_config(self) -> dict[str, Any]:
         return dict(self._config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -329,15 +330,56 @@ class RetrievalModel(tfrs.Model):
         )
         return metrics
 
-    # ----------------------------------------------------------------- export
-    def export(self, path: str, k: int | None = None) -> None:
-        """Writes a SavedModel whose `serving_default` maps user ids to top-k items.
+    def history_embeddings(self, history: Any, training: bool = False) -> Any:
+        """Query vectors of users given by their items (`[n, L]` strings padded with "").
 
-        Signature: ``user_id`` (`tf.string`, `[None]`) ->
-        ``{"item_ids": [None, k] tf.string, "scores": [None, k] tf.float32}``, a
-        brute-force index over every catalogue item.
+        For users the model never saw: the history is pooled as a training user's is
+        (items unknown to the catalogue are left out; an empty history is allowed), and
+        the user id and user features take their unknown defaults.
         """
+        history = tf.convert_to_tensor(history, dtype=tf.string)
+        features: dict[str, Any] = {"user_id": tf.fill(tf.shape(history)[:1], "")}
+        if self.user_feature_names:
+            features.update(self.user_side_store(features["user_id"]))
+        if self.use_history:
+            items = tf.RaggedTensor.from_tensor(history, padding="")
+            rows = items.with_flat_values(self._item_lookup(items.flat_values))
+            features["history"] = {"ids": tf.ragged.boolean_mask(rows, rows > 0)}
+        return self.user_tower(features, training=training)
+
+    # ----------------------------------------------------------------- export
+    def export(
+        self,
+        path: str,
+        data: InteractionData,
+        k: int | None = None,
+        index: str = "exact",
+    ) -> Path:
+        """Writes the serving SavedModel (stock TensorFlow ops only) under `path`.
+
+        TensorFlow Serving's layout, ``path/<version>/saved_model.pb``, with the
+        signatures of :mod:`recsys.serving.export`: ``serving_default`` (user ids ->
+        top-k item ids and scores, without the user's training and validation items;
+        an unknown user gets the answer for an empty history), ``unfiltered``,
+        ``by_history`` (item ids -> top-k, for users unseen in training),
+        ``item_embeddings`` and ``user_embeddings``.
+
+        Args:
+            path: The export folder.
+            data: The data the model was trained on: its training and validation
+                interactions are what `serving_default` leaves out (never the test's).
+            k: The default k of the signatures (`top_k` when None).
+            index: ``"exact"`` (blockwise brute force over the catalogue) or
+                ``"partitioned"`` (approximate, k-means partitions; see
+                :class:`recsys.serving.PartitionedIndex`).
+
+        Returns:
+            The SavedModel's folder (``path/<version>``).
+        """
+        from recsys.serving import UserItems, export_retrieval
+
         k = min(check_positive_int("k", k or self.top_k), len(self.item_ids))
+        check_choice("index", index, ("exact", "partitioned"))
         if not self.built:
             # Training calls the towers, never the model itself, and Keras saves a model's
             # full config only once it has been called: call it on one (user, item).
@@ -347,24 +389,23 @@ class RetrievalModel(tfrs.Model):
                     "item_id": tf.constant(self.item_ids[:1]),
                 }
             )
-        module = _RetrievalExport(self, k)
-        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+        seen = data.histories(("train", "val"))
+        known = positions(self.item_ids, data.catalogue().ids)
+        owner, members = seen.select(seen.keys)
+        rows = known[members]
+        return export_retrieval(
+            path,
+            item_ids=self.item_ids,
+            item_vectors=self._all_embeddings(self.item_ids, "item"),
+            user_query_fn=self.user_embeddings,
+            history_query_fn=self.history_embeddings,
+            user_ids=seen.keys,
+            seen=UserItems.from_pairs(owner[rows >= 0], rows[rows >= 0], num_users=len(seen.keys)),
+            k=k,
+            index=index,
+            track=[self],
+            version=1,
+        )
 
     def get_config(self) -> dict[str, Any]:
         return dict(self._config)
-
-
-class _RetrievalExport(tf.Module):
-    def __init__(self, model: RetrievalModel, k: int) -> None:
-        super().__init__()
-        self.model = model
-        self.k = k
-        self.item_ids = tf.constant(list(model.item_ids), dtype=tf.string)
-        self.item_vectors = tf.constant(model._all_embeddings(model.item_ids, "item"))
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
-    def serve(self, user_id: Any) -> dict[str, Any]:
-        queries = self.model.user_embeddings(user_id)
-        scores = tf.matmul(queries, self.item_vectors, transpose_b=True)
-        top = tf.math.top_k(scores, k=self.k)
-        return {"item_ids": tf.gather(self.item_ids, top.indices), "scores": top.values}

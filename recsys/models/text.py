@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -248,10 +249,20 @@ class TextClassifier(keras.Model):
             f"{split}/auc": evaluation.auc(labels, probabilities),
         }
 
-    def export(self, path: str) -> None:
-        """Writes a SavedModel: raw text `tf.string [None]` -> ``{"probability": [None]}``."""
+    def export(self, path: str, data: Any = None) -> Path:
+        """Writes a SavedModel under `path/<version>`: raw text `tf.string [None]` -> ``{"probability": [None]}``.
+
+        Args:
+            path: The export folder (TensorFlow Serving's layout: ``path/1/``).
+            data: The training data (unused: the model holds its vectorizer).
+
+        Returns:
+            The SavedModel's folder.
+        """
+        from recsys.serving import save_versioned
+
         module = _TextExport(self)
-        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+        return save_versioned(module, path, {"serving_default": module.serve}, version=1)
 
     def get_config(self) -> dict[str, Any]:
         return dict(self._config)

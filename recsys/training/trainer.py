@@ -451,7 +451,7 @@ class Trainer:
         # Written under a temporary name and renamed: a killed export leaves the old
         # export (or none), never half of one.
         with replace_directory(run.export) as tmp:
-            model.export(str(tmp))
+            model.export(str(tmp), data=data)
         log.info("Exported SavedModel to %s", run.export)
         if isinstance(data, InteractionData):
             with atomic_path(run.items) as tmp:

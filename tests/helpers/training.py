@@ -312,7 +312,7 @@ class FakeModel(keras.Model):
             f"{split}/mae": float(np.mean(np.abs(error))),
         }
 
-    def export(self, path: str) -> None:
+    def export(self, path: str, data: Any = None) -> None:
         """SavedModel: ``serving_default(user_id [None] string) -> item_ids, scores [None, k]``."""
         module = tf.Module()
         module.model = self
