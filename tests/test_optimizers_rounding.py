@@ -13,7 +13,7 @@ import pytest
 
 import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from recsys._tf import tf
-from recsys.optimizers.rounding import round_to, rounding_bits, step_seed
+from recsys.optimizers.rounding import round_to, rounding_bits, step_seed, widen
 
 NP_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 _M = np.uint64(0xFFFFFFFF)
@@ -97,6 +97,8 @@ def test_round_to_matches_numpy_reference(dtype):
         [
             rng.normal(size=4000) * 10.0 ** rng.integers(-9, 4, size=4000),
             [0.0, -0.0, 1.0, -1.5, 1e-30, -3e-8, 7e-8, 65519.0, 70000.0, -1e6, np.inf, -np.inf],
+            # Ties for bfloat16 (to even: 1.0, 1 + 2**-6, -1.0).
+            [1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8)],
         ]
     ).astype(np.float32)
     bits = np_rounding_bits(12345, np.arange(len(x)), 1)[:, 0]
@@ -133,3 +135,14 @@ def test_stochastic_rounding_is_right_on_average_and_nearest_is_not(dtype, value
     step = high - low
     assert abs(stochastic.mean() - exact) < 0.01 * step
     assert abs(nearest.mean() - exact) > 0.1 * step
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_widen_is_exact(dtype):
+    x = np.random.default_rng(1).normal(size=1000) * 10.0 ** np.arange(-20, 20, 0.04)
+    with np.errstate(over="ignore"):  # float16 overflows to inf beyond 65504
+        stored = np.concatenate([x, [0.0, -0.0, np.inf, -np.inf]]).astype(NP_DTYPES[dtype])
+    got = widen(tf.constant(stored, tf.as_dtype(dtype))).numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, stored.astype(np.float32))
+    assert np.signbit(got[-3]) and widen(tf.constant([np.nan], tf.bfloat16)).numpy()[0] != 0

@@ -20,7 +20,7 @@ from typing import Any
 
 from recsys._tf import tf
 
-__all__ = ["round_to", "rounding_bits", "step_seed"]
+__all__ = ["round_to", "rounding_bits", "step_seed", "widen"]
 
 _U32 = tf.uint32
 
@@ -73,10 +73,11 @@ def round_to(x: Any, dtype: Any, bits: Any = None) -> Any:
     With `bits` (uint32, the low 16 used, same shape as `x`), rounds stochastically:
     the neighbour of larger magnitude is taken when `(bits + 0.5) / 2**16` is below the
     fraction of the way `|x|` lies from the smaller neighbour to the larger one, so the
-    result is `x` on average (to 2**-17). Exactly representable values, infinities and
-    NaN stay as they are; a finite value above the largest finite float16 gives the
-    largest finite float16 (not infinity) with stochastic rounding. Without `bits`,
-    rounds to nearest (TensorFlow's cast).
+    result is `x` on average (to 2**-17; exactly for bfloat16). Exactly representable
+    values, infinities and NaN stay as they are; a finite value above the largest
+    finite float16 gives the largest finite float16 (not infinity) with stochastic
+    rounding (bfloat16's range is float32's). Without `bits`, rounds to nearest
+    (TensorFlow's cast).
 
     Example:
 
@@ -88,6 +89,8 @@ def round_to(x: Any, dtype: Any, bits: Any = None) -> Any:
     True
     """
     x = tf.cast(x, tf.float32)
+    if tf.as_dtype(dtype) == tf.bfloat16:
+        return _round_to_bfloat16(x, bits)
     nearest = tf.cast(x, dtype)
     if bits is None:
         return nearest
@@ -110,3 +113,34 @@ def round_to(x: Any, dtype: Any, bits: Any = None) -> Any:
     # Representable values (and NaN, for which both comparisons are false) stay.
     exact = tf.logical_not(tf.logical_or(below, near > magnitude))
     return tf.where(exact, nearest, chosen)
+
+
+def _round_to_bfloat16(x: Any, bits: Any) -> Any:
+    """`round_to` for bfloat16, on float32's bit pattern (integer operations only).
+
+    bfloat16 is float32 without its low 16 bits. Stochastically: adding `0xFFFF - k`
+    (k the low 16 bits of `bits`) to the pattern carries into the kept bits, one step
+    up in magnitude whatever the sign, exactly when `k < low 16 bits of x`: when
+    `(k + 0.5) / 2**16` is below the fraction of the way, as the general rule
+    decides. To nearest (no `bits`): add `0x7FFF` plus the lowest kept bit (ties to
+    even), as TensorFlow's cast does. XLA on CPUs without bfloat16 instructions
+    converts float32 to bfloat16 an element at a time, so integers are faster.
+    """
+    pattern = tf.bitcast(x, _U32)
+    if bits is None:
+        lowest_kept = tf.bitwise.bitwise_and(tf.bitwise.right_shift(pattern, _u32(16)), _u32(1))
+        carry = _u32(0x7FFF) + lowest_kept
+    else:
+        carry = _u32(0xFFFF) - tf.bitwise.bitwise_and(bits, _u32(0xFFFF))
+    kept = tf.bitwise.right_shift(pattern + carry, _u32(16))
+    # NaN patterns could carry into the sign bit: keep a quiet NaN.
+    kept = tf.where(tf.math.is_nan(x), _u32(0x7FC0), kept)
+    return tf.bitcast(tf.cast(kept, tf.uint16), tf.bfloat16)
+
+
+def widen(x: Any, dtype: Any = tf.float32) -> Any:
+    """16-bit stored values as `dtype` (bfloat16 by shifting its bits: exact, fast)."""
+    if x.dtype == tf.bfloat16:
+        pattern = tf.cast(tf.bitcast(x, tf.uint16), _U32)
+        x = tf.bitcast(tf.bitwise.left_shift(pattern, _u32(16)), tf.float32)
+    return tf.cast(x, dtype)

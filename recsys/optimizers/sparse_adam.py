@@ -23,7 +23,7 @@ from recsys.optimizers._sparse_rows import (
     summed_gradient_rows,
     unflatten_rows,
 )
-from recsys.optimizers.rounding import round_to, rounding_bits, step_seed
+from recsys.optimizers.rounding import round_to, rounding_bits, step_seed, widen
 
 __all__ = ["MOMENT_DTYPES", "SparseAdam", "bucket_size"]
 
@@ -78,7 +78,7 @@ def _stores_root(dtype: Any) -> bool:
 
 def _widened_moments(slot_rows: list, dtype: Any, slot_dtype: Any) -> list:
     """Slot rows (m, v, vhat; None where absent) as the moments, in `dtype`."""
-    rows = [None if r is None else tf.cast(r, dtype) for r in slot_rows]
+    rows = [None if r is None else widen(r, dtype) for r in slot_rows]
     if _stores_root(slot_dtype):
         rows[1:] = [None if r is None else tf.square(r) for r in rows[1:]]
     return rows
