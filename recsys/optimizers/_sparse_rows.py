@@ -128,7 +128,7 @@ def kernel_inputs(gradient: Any, variable: Any) -> KernelInputs | None:
     row_size = row_shape.num_elements()
     if variable.shape.rank in (None, 0) or not row_size:
         return None
-    values = gradient.values
+    values = tf.convert_to_tensor(gradient.values)  # NumPy values from eager callers
     if variable.shape.rank != 2 or values.shape.rank != 2 or values.shape[1] != row_size:
         # Under a tf.distribute strategy the aggregated values can lose their static
         # row size; the kernels want it static (one trace per row size).
