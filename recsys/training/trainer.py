@@ -86,6 +86,20 @@ def _limit(dataset: tf.data.Dataset, batches: int | None) -> tf.data.Dataset:
     return dataset if batches is None else dataset.take(batches)
 
 
+def _split_dataset(model: keras.Model, data: Any, split: str) -> tf.data.Dataset:
+    """``data``'s ``split`` dataset; text data encoded once by the model's encoder.
+
+    A model with ``encode_inputs`` (e.g. :class:`~recsys.models.TextClassifier`)
+    then trains from token ids: the texts are vectorized once per split, before
+    batching and caching, instead of in every training step.
+    """
+    method = getattr(data, f"{split}_dataset")
+    encode = getattr(model, "encode_inputs", None)
+    if isinstance(data, TextData) and encode is not None:
+        return method(encode=encode)
+    return method()
+
+
 def _known_steps(dataset: tf.data.Dataset) -> int | None:
     steps = int(dataset.cardinality())
     return steps if steps > 0 else None
@@ -361,7 +375,7 @@ class Trainer:
             state.expect_partial()
             return FitResult(history, start.epoch, state.completed_epochs)
 
-        train_data = _limit(data.train_dataset(), self.limit_train_batches)
+        train_data = _limit(_split_dataset(model, data, "train"), self.limit_train_batches)
         steps = _known_steps(train_data)
         if steps is None:
             # Keras then learns the epoch length by running into the end of the first
@@ -393,7 +407,7 @@ class Trainer:
         x, length = _training_input(train_data, start, steps)
         val_data = None
         if self.validate and has_val:
-            val_data = _limit(data.val_dataset(), self.limit_val_batches)
+            val_data = _limit(_split_dataset(model, data, "val"), self.limit_val_batches)
         saver = TrainingCheckpoints(
             state,
             steps_per_epoch=steps,
