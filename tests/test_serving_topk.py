@@ -202,3 +202,45 @@ def test_user_items_from_pairs_rejects_out_of_range_users():
         UserItems.from_pairs([0, 2], [1, 1], num_users=2)
     with pytest.raises(ValueError, match="one entry per pair"):
         UserItems.from_pairs([0], [1, 2], num_users=1)
+
+
+def _first_occurrences(pairs):
+    """Reference: each user's items in order of first appearance, repeats dropped."""
+    bags = {}
+    for user, item in pairs:
+        bag = bags.setdefault(user, [])
+        if item not in bag:
+            bag.append(item)
+    return bags
+
+
+def test_user_items_from_histories_is_the_contract_histories_by_user_position():
+    from recsys.data.contract import Catalogue, Histories, Interactions
+
+    rng = np.random.default_rng(0)
+    catalogue = Catalogue(np.array([f"i{j:02d}" for j in range(30)], dtype=object))
+    users = [f"u{u}" for u in rng.integers(0, 12, 400)]
+    items = [f"i{j:02d}" for j in rng.integers(0, 30, 400)]  # with repeated pairs
+    histories = Histories.from_interactions(Interactions.from_ids(users, items), catalogue)
+    expected = _first_occurrences(zip(users, catalogue.rows(items).tolist(), strict=True))
+
+    seen = UserItems.from_histories(histories)
+    assert seen.num_users == len(histories.keys)
+    for u, user in enumerate(histories.keys):
+        assert seen.items_of(u).tolist() == expected[user]
+    # Without de-duplication, the histories' own arrays (the same CSR).
+    same = UserItems.from_histories(histories, unique=False)
+    np.testing.assert_array_equal(same.offsets, histories.offsets)
+    np.testing.assert_array_equal(same.rows, histories.members)
+
+    # Served catalogue in another order, without the data's items i00..i04.
+    served = [f"i{j:02d}" for j in range(29, 4, -1)]
+    item_rows = np.array([served.index(i) if i in served else -1 for i in catalogue.ids])
+    remapped = UserItems.from_histories(histories, item_rows=item_rows)
+    for u, user in enumerate(histories.keys):
+        want = [
+            served.index(catalogue.ids[r]) for r in expected[user] if catalogue.ids[r] in served
+        ]
+        assert remapped.items_of(u).tolist() == want
+    with pytest.raises(ValueError, match="item_rows"):
+        UserItems.from_histories(histories, item_rows=item_rows[:10])

@@ -5,6 +5,13 @@ recommendations. Per-user Python lists would cost about 100 bytes an entry; CSR 
 12 bytes a user and 4 an interaction, so 1M users with 50 items each fit in 200 MB,
 and the same arrays become two variables of the SavedModel.
 
+`UserItems` is the serving view of the data contract's
+`recsys.data.contract.Histories`, not a second representation: the same offsets and
+member rows, addressed by user position (the export stores the ids beside it), with
+members as rows of the served catalogue, repeats dropped, and rows narrowed to int32
+for the SavedModel. `UserItems.from_histories` takes a run's histories as they are;
+every other constructor groups through `Histories.group`.
+
 No TensorFlow here: data code can build it before TensorFlow is imported.
 """
 
@@ -12,9 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from recsys.data.contract import Histories
 
 __all__ = ["UserItems"]
 
@@ -124,10 +134,65 @@ class UserItems:
             _, first = np.unique(np.stack([users, items], axis=1), axis=0, return_index=True)
             keep = np.sort(first)
             users, items = users[keep], items[keep]
-        order = np.argsort(users, kind="stable")
-        counts = np.bincount(users, minlength=num_users)
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return cls(offsets, items[order])
+        # Imported here: the data package is heavier than this NumPy-only module.
+        from recsys.data.contract import Histories
+
+        # The contract's grouping (stable, so each user keeps the input order); keys
+        # are the user positions themselves.
+        return cls._view(Histories.group(np.arange(num_users), users, items))
+
+    @classmethod
+    def from_histories(
+        cls,
+        histories: Histories,
+        item_rows: Sequence[int] | np.ndarray | None = None,
+        unique: bool = True,
+    ) -> UserItems:
+        """The serving view of a run's `recsys.data.contract.Histories`.
+
+        Row ``u`` is ``histories.keys[u]``'s bag, in the bag's order, so pass
+        ``histories.keys`` as the stored user ids beside it.
+
+        Example:
+
+        >>> from recsys.data.contract import Histories
+        >>> h = Histories(np.array(["u1", "u2"], dtype=object), np.array([0, 3, 4]),
+        ...               np.array([4, 2, 4, 1]))
+        >>> UserItems.from_histories(h).offsets.tolist()
+        [0, 2, 3]
+        >>> UserItems.from_histories(h, item_rows=[-1, 0, 5, 6, 7]).rows.tolist()
+        [7, 5, 0]
+
+        Args:
+            histories: Per-user catalogue rows of the data (e.g.
+                ``data.histories(("train", "val"))``).
+            item_rows: Where each catalogue row is in the served catalogue
+                (``item_rows[member]``; -1 drops the member), for a model whose item
+                list is not the data's catalogue; None: the same rows.
+            unique: Drop a user's repeated items, keeping the first.
+
+        Raises:
+            ValueError: ``item_rows`` does not cover every member.
+        """
+        members = np.asarray(histories.members, dtype=np.int64)
+        if item_rows is not None:
+            mapping = np.asarray(item_rows, dtype=np.int64).reshape(-1)
+            if members.size and (members.min() < 0 or members.max() >= mapping.size):
+                raise ValueError(
+                    f"`item_rows` must have an entry for every catalogue row the histories "
+                    f"name (up to {members.max()}). Received: {mapping.size} entries."
+                )
+            members = mapping[members]
+        if item_rows is None and not unique:
+            return cls._view(histories)
+        owner = np.repeat(np.arange(len(histories), dtype=np.int64), histories.lengths())
+        keep = members >= 0
+        return cls.from_pairs(owner[keep], members[keep], num_users=len(histories), unique=unique)
+
+    @classmethod
+    def _view(cls, histories: Histories) -> UserItems:
+        # Offsets as they are; members narrowed to int32 (checked in __post_init__).
+        return cls(histories.offsets, histories.members)
 
     @classmethod
     def from_ids(
@@ -164,18 +229,16 @@ class UserItems:
 
 
 def _positions(name: str, vocabulary: Sequence[Any], values: Sequence[Any]) -> np.ndarray:
+    from recsys.data.contract import positions
+
     vocab = np.asarray([str(v) for v in vocabulary], dtype=object)
     order = np.argsort(vocab, kind="stable")
     ordered = vocab[order]
     if ordered.size > 1 and np.any(ordered[1:] == ordered[:-1]):
         raise ValueError(f"`{name}` must not repeat ids. Received {vocab.size} ids with repeats.")
     values = np.asarray([str(v) for v in values], dtype=object)
-    if not vocab.size:
-        if values.size:
-            raise ValueError(f"`{name}` is empty, but pairs name {values.size} ids.")
-        return np.zeros(0, dtype=np.int64)
-    found = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
-    missing = ordered[found] != values
+    found = positions(ordered, values)  # the contract's lookup in sorted ids
+    missing = found < 0
     if missing.any():
         raise ValueError(
             f"{int(missing.sum())} ids of the pairs are not in `{name}`, e.g. "
