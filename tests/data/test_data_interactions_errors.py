@@ -3,6 +3,9 @@ partial cache or vocabulary left behind; the command line prints it without a tr
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +283,36 @@ def test_cache_dir_that_is_not_a_cache_is_not_replaced(tmp_path):
     with pytest.raises(LogError, match="exists and is not a recsys interactions cache"):
         _module(path, tmp_path / "c", cache_dir=folder).setup()
     assert (folder / "precious.txt").read_text() == "keep me"
+
+
+def test_train_command_prints_one_line_exits_2_and_leaves_nothing(tmp_path):
+    """`python -m recsys.train +experiment=interactions` with a misspelled column: the
+    user of the command line sees the error line, never a traceback."""
+    path = _csv(tmp_path / "log.csv", GOOD)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recsys.train",
+            "+experiment=interactions",
+            f"data.path={path}",
+            "data.user_column=ui",
+            "data.item_column=iid",
+            f"data.data_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "hardware.allocator=none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    output = run.stdout + run.stderr
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1
+    assert str(path) in errors[0] and "'ui'" in errors[0] and "did you mean 'uid'?" in errors[0]
+    root = tmp_path / "cache" / "interactions"
+    assert not root.exists() or list(root.rglob("*")) == []
