@@ -178,12 +178,39 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     return metrics, {**objects, "optimizer": model.optimizer, "history": fit.history, "fit": fit}
 
 
+def _distribute(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg.distribute`` (absent: one process), with the cluster checked against TF_CONFIG.
+
+    Checked before the data and TensorFlow, so a cluster that does not fit the strategy
+    (no TF_CONFIG, no ps task, this process not the chief) fails in a second.
+    """
+    from recsys.distribute import check_cluster, read_tf_config
+
+    node = cfg.get("distribute")
+    settings = {"kind": "none", "min_shard_bytes": 256 << 10, "max_shards": None}
+    settings["steps_per_execution"] = 1
+    with reading("distribute", node):
+        if node is not None:
+            unknown = sorted(set(node) - set(settings))
+            if unknown:
+                raise ValueError(
+                    f"Unknown key distribute.{unknown[0]}: the keys are {', '.join(settings)}."
+                )
+            settings.update(node)
+        if settings["kind"] != "none":
+            check_cluster(settings["kind"], read_tf_config())
+    return settings
+
+
 def _build(cfg: DictConfig, run: RunPaths, stop: StopSignals) -> tuple[Any, Any, Any]:
     """The hardware plan, then the data, TensorFlow, the trainer and the compiled model.
 
     Whatever a constructor refuses is reported as a mistake in its config group. The
     data comes before TensorFlow starts, so a bad data setting or file fails in seconds.
+    Under ``distribute=parameter_server`` this process is the chief of the TF_CONFIG
+    cluster: the strategy connects to its servers before the model is built.
     """
+    distribute = _distribute(cfg)
     plan = _plan_hardware(cfg, run.root)
     log.info("Loading data <%s>", cfg.data._target_)
     # Import the module before a signal may interrupt: a cut import can crash the exit.
@@ -199,7 +226,17 @@ def _build(cfg: DictConfig, run: RunPaths, stop: StopSignals) -> tuple[Any, Any,
     keras.backend.clear_session()
     if cfg.get("seed") is not None:
         keras.utils.set_random_seed(_read("seed", cfg, check_int)("seed", cfg.seed))
-    trainer = _read("trainer", cfg, instantiate)(cfg.trainer)
+    from recsys.distribute import make_strategy
+
+    stop.phase = "connecting to the cluster"
+    strategy = _read("distribute", cfg, make_strategy)(
+        distribute["kind"],
+        min_shard_bytes=distribute["min_shard_bytes"],
+        max_shards=distribute["max_shards"],
+    )
+    trainer = _read("trainer", cfg, instantiate)(
+        cfg.trainer, strategy=strategy, steps_per_execution=distribute["steps_per_execution"]
+    )
     stop.phase = "building the model"
     log.info("Building model <%s>", cfg.model._target_)
     model_fn = _read("model", cfg, _read("model", cfg, instantiate)(cfg.model, _partial_=True))

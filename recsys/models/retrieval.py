@@ -289,7 +289,9 @@ class RetrievalModel(tfrs.Model):
 
     # ------------------------------------------------------------- evaluation
     def _all_embeddings(self, ids: np.ndarray, tower: str, batch_size: int = 4096) -> np.ndarray:
-        embed = self.user_embeddings if tower == "user" else self.item_embeddings
+        # Per batch inside a tf.function: a sharded table (ParameterServerStrategy) is
+        # read one gather per shard there; an eager lookup would concatenate all shards.
+        embed = tf.function(self.user_embeddings if tower == "user" else self.item_embeddings)
         parts = [
             embed(tf.constant(list(ids[i : i + batch_size]), dtype=tf.string)).numpy()
             for i in range(0, len(ids), batch_size)

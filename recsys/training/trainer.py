@@ -36,8 +36,14 @@ from recsys.checks import (
     check_positive_int,
 )
 from recsys.data.contract import InteractionData, TextData
+from recsys.distribute.strategy import uses_coordinator
 from recsys.run import RunPaths, atomic_path, read_history, replace_directory
-from recsys.training.callbacks import HistoryRecorder, TrainingCheckpoints
+from recsys.training.callbacks import (
+    EpochMetrics,
+    HistoryRecorder,
+    TrainingCheckpoints,
+    metric_mode,
+)
 from recsys.training.checkpoints import Position, TrainingState
 from recsys.training.signals import StopSignals
 
@@ -159,6 +165,52 @@ class _ResumeAt:
         return self.position.epoch, self.position.step
 
 
+class _EpochCheckpoints(TrainingCheckpoints):
+    """:class:`TrainingCheckpoints` without its batch hook, for ParameterServerStrategy.
+
+    tf-keras refuses callbacks with batch-level hooks under a ``ClusterCoordinator``
+    (steps run on remote workers); the Keras default hook put back makes this one
+    save at epoch ends and honour stop signals there.
+    """
+
+    on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
+
+
+def _per_worker(make: Callable[[], tf.data.Dataset], batches: int | None, skip: int = 0) -> Any:
+    """A ``DatasetCreator`` each worker calls to build its own, endless pipeline.
+
+    Worker ``i`` of ``n`` reads batches ``i, i + n, ...`` of every pass (one worker: all,
+    in the data's order), so together the workers make about one pass per epoch;
+    ``skip`` batches (a resumed run's completed epochs), shared by the workers, are left
+    out at the start: with one worker, a resumed run sees the orders an uninterrupted
+    one would.
+    """
+    from recsys.distribute.parameter_server import dataset_creator
+
+    def batches_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        dataset = _limit(make(), batches)
+        if context.num_input_pipelines > 1:
+            dataset = dataset.shard(context.num_input_pipelines, context.input_pipeline_id)
+        dataset = dataset.repeat()
+        own = skip // context.num_input_pipelines  # each worker did about its share
+        return dataset.skip(own) if own else dataset
+
+    return dataset_creator(batches_fn, repeat=False)
+
+
+def _create_variables(model: keras.Model, data: Any) -> None:
+    """Build ``model`` by calling it on one training batch inside a ``tf.function``.
+
+    Under ParameterServerStrategy the variables must exist (sharded, on the parameter
+    servers) before the optimizer's slots are built and a checkpoint is restored.
+    Inside a ``tf.function`` each sharded table is read one gather per shard; an
+    eager call would bring the whole table to the chief.
+    """
+    batch = next(iter(_split_dataset(model, data, "train").take(1)))
+    x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+    tf.function(lambda inputs: model(inputs, training=False))(x)
+
+
 @contextlib.contextmanager
 def _starting_at(model: keras.Model, position: Position) -> Iterator[None]:
     model._training_state = _ResumeAt(position)
@@ -213,6 +265,28 @@ class Trainer:
         verbose: Keras ``fit`` verbosity: ``"auto"`` (a progress bar on a terminal,
             one line per epoch otherwise), 0, 1 or 2.
         callbacks: More Keras callbacks for ``fit`` (e.g. ``EarlyStopping``).
+        strategy: The ``tf.distribute.Strategy`` to build, compile and fit under
+            (:func:`recsys.distribute.make_strategy`; None: TensorFlow's default, one
+            process). Under ParameterServerStrategy (this process is the chief) the
+            model's variables and the optimizer's slots are created on the parameter
+            servers before a checkpoint is restored, each worker builds its own input
+            pipeline, ``steps_per_epoch`` comes from the data, checkpoints are saved
+            at epoch ends, and ``verbose=1`` becomes 2.
+        steps_per_execution: Training steps per ``tf.function`` call (``compile``'s
+            argument; more than 1 saves round trips to remote workers).
+        epoch_metrics: After each epoch, add the model's own validation metrics
+            (``model.evaluate_metrics(data, "val")``: exact top-100 accuracy, RMSE,
+            accuracy) to the epoch's logs as ``val_top100_accuracy``, ``val_rmse``...:
+            they enter ``history.json``, ``curves.png`` and TensorBoard, and
+            ``EarlyStopping`` can watch them. Needs a validation split.
+        early_stopping_patience: Stop when ``early_stopping_monitor`` has not
+            improved for this many epochs, and keep the best epoch's weights for the
+            evaluation and the export (0: never stop early). The last epoch's
+            checkpoint holds the last weights, so running the same command again
+            resumes training from there.
+        early_stopping_monitor: The logged metric to watch (``val_loss``,
+            ``val_top100_accuracy``, ``val_rmse``...); lower is better for losses and
+            errors, higher for the rest.
 
     Raises:
         ValueError: An argument is out of range.
@@ -233,6 +307,11 @@ class Trainer:
         export: bool = True,
         verbose: str | int = "auto",
         callbacks: Sequence[keras.callbacks.Callback] = (),
+        strategy: tf.distribute.Strategy | None = None,
+        steps_per_execution: int = 1,
+        epoch_metrics: bool = True,
+        early_stopping_patience: int = 0,
+        early_stopping_monitor: str = "val_loss",
     ) -> None:
         self.epochs = check_positive_int("epochs", epochs)
         self.limit_train_batches = (
@@ -267,6 +346,24 @@ class Trainer:
                 f"`callbacks` must be a list of Keras callbacks. Received: callbacks={callbacks!r}"
             )
         self.callbacks = list(callbacks)
+        self.strategy = strategy if strategy is not None else tf.distribute.get_strategy()
+        if not isinstance(self.strategy, tf.distribute.Strategy):
+            raise ValueError(
+                "`strategy` must be a tf.distribute.Strategy (recsys.distribute.make_strategy) "
+                f"or None. Received: strategy={strategy!r}"
+            )
+        self.steps_per_execution = check_positive_int("steps_per_execution", steps_per_execution)
+        self.epoch_metrics = check_bool("epoch_metrics", epoch_metrics)
+        self.early_stopping_patience = check_nonnegative_int(
+            "early_stopping_patience", early_stopping_patience
+        )
+        if not isinstance(early_stopping_monitor, str) or not early_stopping_monitor:
+            raise ValueError(
+                "`early_stopping_monitor` must name a logged metric, e.g. 'val_loss' or "
+                "'val_top100_accuracy'. Received: "
+                f"early_stopping_monitor={early_stopping_monitor!r}"
+            )
+        self.early_stopping_monitor = early_stopping_monitor
         for callback in self.callbacks:
             if not isinstance(callback, keras.callbacks.Callback):
                 raise ValueError(
@@ -281,13 +378,18 @@ class Trainer:
                 )
 
     def supports_step_checkpoints(self) -> bool:
-        """Whether checkpoints may be saved within an epoch (True here).
+        """Whether checkpoints may be saved within an epoch.
 
-        A trainer for a strategy without batch-level callbacks or a known epoch length
-        (ParameterServerStrategy) overrides this to return False: checkpoints then stay
-        at epoch granularity and stop signals are honoured at epoch ends.
+        False under a strategy without batch-level callbacks (ParameterServerStrategy:
+        steps run on remote workers): checkpoints then stay at epoch granularity and
+        stop signals are honoured at epoch ends.
         """
-        return True
+        return not self.coordinated
+
+    @property
+    def coordinated(self) -> bool:
+        """Whether training runs through a ``ClusterCoordinator`` (ParameterServerStrategy)."""
+        return uses_coordinator(self.strategy)
 
     # ------------------------------------------------------------------ build
     def build(
@@ -296,7 +398,11 @@ class Trainer:
         optimizer_fn: Callable[[], keras.optimizers.Optimizer],
         data: Any,
     ) -> keras.Model:
-        """The model for ``data``, compiled with a new optimizer.
+        """The model for ``data``, compiled with a new optimizer, under the strategy.
+
+        Under ParameterServerStrategy the model is also built (called once, inside a
+        ``tf.function``) and the optimizer's slots created next to each variable shard,
+        so that a checkpoint restored next finds every variable it holds.
 
         Args:
             model_fn: Builds the model from ``data=`` (e.g. a model class, or Hydra's
@@ -304,19 +410,57 @@ class Trainer:
             optimizer_fn: Builds the optimizer.
             data: The set-up data module.
         """
-        model = model_fn(data=data)
-        model.compile(optimizer=optimizer_fn())
+        options = {}
+        if self.steps_per_execution != 1:
+            options["steps_per_execution"] = self.steps_per_execution
+        with self.strategy.scope():
+            model = model_fn(data=data)
+            if not self.coordinated:
+                model.compile(optimizer=optimizer_fn(), **options)
+                return model
+            from recsys.distribute.parameter_server import build_optimizer_slots
+
+            _create_variables(model, data)
+            model.compile(optimizer=optimizer_fn(), **options)
+            build_optimizer_slots(model.optimizer, model.trainable_variables)
         return model
 
     # -------------------------------------------------------------------- fit
     def _verbosity(self) -> int:
-        if self.verbose == "auto":
-            return 1 if sys.stdout.isatty() else 2
-        return int(self.verbose)
+        verbose = (1 if sys.stdout.isatty() else 2) if self.verbose == "auto" else self.verbose
+        # tf-keras refuses a progress bar under ParameterServerStrategy (no batch logs).
+        return 2 if verbose == 1 and self.coordinated else int(verbose)
 
     def _has_validation(self, data: Any) -> bool:
         rows = _split_rows(data, "val")
         return rows is None or rows > 0
+
+    def _epoch_metrics(self, data: Any, validating: bool) -> list[keras.callbacks.Callback]:
+        """The model's own validation metrics in each epoch's logs (``val_top100_accuracy``)."""
+        if not (self.epoch_metrics and validating):
+            return []
+        return [EpochMetrics(data, split="val")]
+
+    def _early_stopping(self, validating: bool) -> list[keras.callbacks.Callback]:
+        if not self.early_stopping_patience:
+            return []
+        if not validating:
+            log.warning(
+                "trainer.early_stopping_patience=%d is ignored: there is no validation "
+                "split (set data.val_fraction > 0) or trainer.validate is false.",
+                self.early_stopping_patience,
+            )
+            return []
+        monitor = self.early_stopping_monitor
+        return [
+            keras.callbacks.EarlyStopping(
+                monitor=monitor,
+                mode=metric_mode(monitor),
+                patience=self.early_stopping_patience,
+                restore_best_weights=True,
+                verbose=1,
+            )
+        ]
 
     def _tensorboard(self, run: RunPaths) -> list[keras.callbacks.Callback]:
         if not self.tensorboard:
@@ -387,6 +531,16 @@ class Trainer:
                 "bit-identical with, an uninterrupted one. Fix: end the pipeline with "
                 "tf.data.experimental.assert_cardinality(batches)."
             )
+        if steps is None and self.coordinated:
+            steps = self._coordinated_steps(data)
+        if start.step and self.coordinated:
+            log.warning(
+                "The checkpoint is %d steps into epoch %d, but under ParameterServerStrategy "
+                "training resumes at epoch ends only: the epoch restarts.",
+                start.step,
+                start.epoch + 1,
+            )
+            start = Position(start.epoch)
         if start.step and (steps is None or start.step >= steps):
             log.warning(
                 "The checkpoint is %d steps into epoch %d, but that epoch now has %s steps "
@@ -404,11 +558,16 @@ class Trainer:
                 if steps is None
                 else "this trainer does not support step checkpoints",
             )
-        x, length = _training_input(train_data, start, steps)
-        val_data = None
+        validation: dict[str, Any] = {}
         if self.validate and has_val:
             val_data = _limit(_split_dataset(model, data, "val"), self.limit_val_batches)
-        saver = TrainingCheckpoints(
+            validation["validation_data"] = val_data
+        if self.coordinated:
+            assert steps is not None  # _coordinated_steps raises otherwise
+            x, length = self._coordinated_input(model, data, start, steps, validation)
+        else:
+            x, length = _training_input(train_data, start, steps)
+        saver = (_EpochCheckpoints if self.coordinated else TrainingCheckpoints)(
             state,
             steps_per_epoch=steps,
             start=start,
@@ -417,10 +576,13 @@ class Trainer:
             stop=stop,
         )
         callbacks = [
+            *self._epoch_metrics(data, val_data is not None),
             HistoryRecorder(run.history, history, start=start),
             saver,
             *self._tensorboard(run),
             *self.callbacks,
+            # Last: it sees the logs every other callback added.
+            *self._early_stopping(val_data is not None),
         ]
         log.info(
             "Training epochs %d..%d%s",
@@ -431,16 +593,64 @@ class Trainer:
         with _starting_at(model, start):
             model.fit(
                 x,
-                validation_data=val_data,
                 epochs=self.epochs,
                 initial_epoch=start.epoch,
                 callbacks=callbacks,
                 verbose=self._verbosity(),
                 **length,
+                **validation,
             )
         return FitResult(
             history, start.epoch, state.completed_epochs, start.step, tuple(saver.saved)
         )
+
+    def _coordinated_steps(self, data: Any) -> int:
+        """Steps per epoch under ParameterServerStrategy, from the data's rows and batch size."""
+        from recsys.distribute.parameter_server import steps_per_epoch
+
+        rows, batch_size = _split_rows(data, "train"), getattr(data, "batch_size", None)
+        if not rows or not isinstance(batch_size, int):
+            raise ValueError(
+                "Under distribute=parameter_server an epoch is a number of steps, which needs "
+                "a training dataset whose length tf.data knows (end it with "
+                "tf.data.experimental.assert_cardinality) or a data module with rows and an "
+                f"integer batch_size. Received: data of type {type(data).__name__}."
+            )
+        steps = steps_per_epoch(rows, batch_size)
+        return min(steps, self.limit_train_batches or steps)
+
+    def _coordinated_input(
+        self,
+        model: keras.Model,
+        data: Any,
+        start: Position,
+        steps: int,
+        validation: dict[str, Any],
+    ) -> tuple[Any, dict[str, int]]:
+        """``fit``'s input under ParameterServerStrategy: a dataset function per worker.
+
+        Validation (when ``validation`` holds a dataset) becomes one too, with
+        ``validation_steps`` from its length: each batch once with one worker.
+        """
+        x = _per_worker(
+            lambda: _split_dataset(model, data, "train"),
+            self.limit_train_batches,
+            skip=start.epoch * steps,
+        )
+        val_data = validation.pop("validation_data", None)
+        if val_data is not None:
+            val_steps = _known_steps(val_data)
+            if val_steps is None:
+                log.warning(
+                    "No validation under ParameterServerStrategy: the validation dataset's "
+                    "length is unknown to tf.data (end it with assert_cardinality)."
+                )
+            else:
+                validation["validation_data"] = _per_worker(
+                    lambda: _split_dataset(model, data, "val"), self.limit_val_batches
+                )
+                validation["validation_steps"] = val_steps
+        return x, {"steps_per_epoch": steps}
 
     # --------------------------------------------------------------- evaluate
     def evaluate(self, model: keras.Model, data: Any) -> dict[str, float]:
