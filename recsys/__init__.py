@@ -21,7 +21,9 @@ ensure_legacy_keras_env()
 
 _SUBMODULES = (
     "benchmarks",
+    "cluster",
     "data",
+    "distribute",
     "evaluation",
     "hardware",
     "launch",

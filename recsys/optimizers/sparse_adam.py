@@ -25,13 +25,16 @@ from recsys.optimizers._sparse_rows import (
 )
 from recsys.optimizers.rounding import round_to, rounding_bits, step_seed, widen
 
-__all__ = ["MOMENT_DTYPES", "SparseAdam", "bucket_size"]
+__all__ = ["MOMENT_DTYPES", "SPARSE_UPDATES", "SparseAdam", "bucket_size"]
 
 _BaseAdam = keras.optimizers.Adam
 _XLA_AVAILABLE = XLA_AVAILABLE  # kept for callers of the old name
 # What `moment_dtype` accepts: the moments of float32 variables are stored so.
 MOMENT_DTYPES = ("float32", "bfloat16", "float16")
 _MOMENT_SLOTS = ("m", "v", "vhat")
+# How a sparse update writes its rows: "assign" the new rows (exact), or "add" the
+# change to them (no concurrent update to the same row is lost; see SparseAdam).
+SPARSE_UPDATES = ("assign", "add")
 
 
 def _adam_rows(
@@ -123,6 +126,7 @@ def _lazy_adam_rows(
     decay: Any,
     moment_dtype: Any = None,
     seed: Any = None,
+    deltas: bool = False,
 ) -> tuple:
     """New rows of the variable and its slots for the distinct ids, in one XLA kernel.
 
@@ -143,6 +147,9 @@ def _lazy_adam_rows(
     moments come back rounded to `moment_dtype` (stochastically with `seed`, a uint32
     scalar, else to nearest). The padding copies of `ids[0]` hash to the same random
     bits as `ids[0]`, so they round alike.
+
+    With `deltas=True` (float32 moments only) the rows come back as the change to
+    add to the rows read here (new minus current), for `scatter_add`.
     """
     dtype = values.dtype
     grad = summed_gradient_rows(ids, n_unique, positions, values)
@@ -160,10 +167,28 @@ def _lazy_adam_rows(
     new = _adam_rows(
         grad, var_rows, *slot_rows, alpha, epsilon, one_minus_beta_1, one_minus_beta_2, decay
     )
+    if deltas:
+        return _changes(new, (var_rows, *slot_rows))
     if moment_dtype is None:
         return new
     bits = None if seed is None else rounding_bits(seed, ids, values.shape[1])
     return (new[0], *_stored_moments(new[1:], moment_dtype, bits))
+
+
+def _changes(new_rows: tuple, old_rows: tuple) -> tuple:
+    """`new - old` for each pair of rows (None stays None)."""
+    return tuple(None if n is None else n - o for n, o in zip(new_rows, old_rows, strict=True))
+
+
+def _scatter_add_rows(targets: tuple, changes: tuple, ids: Any) -> None:
+    """Adds `changes[i]` to `targets[i]` at `ids` (distinct; None targets skipped).
+
+    `ResourceScatterAdd` changes the rows under the variable's lock, so an update a
+    concurrent worker made between this step's read and write is kept, not overwritten.
+    """
+    for target, change in zip(targets, changes, strict=True):
+        if target is not None:
+            target.scatter_add(tf.IndexedSlices(change, ids))
 
 
 _BASE_HAS_ADAPTIVE_EPSILON = "adaptive_epsilon" in inspect.signature(_BaseAdam.__init__).parameters
@@ -263,6 +288,17 @@ class SparseAdam(RowSparseUpdates, _BaseAdam):
     their variable's device (no copy of a parameter server's shard on the
     coordinator).
 
+    Asynchronous training (`sparse_update="add"`): with several workers updating the
+    same variables without synchronizing (ParameterServerStrategy with more than one
+    worker), a step reads its rows, computes, and writes them back; with the default
+    `sparse_update="assign"` a write replaces the rows, so an update another worker
+    made to the same row in between is lost. `"add"` writes the change instead
+    (new rows minus the rows read, with `scatter_add`, which holds the variable's
+    lock), so every worker's update lands; each is computed from the rows its step
+    read, as in any asynchronous SGD. In one process the result equals `"assign"`
+    up to float rounding (the variable is `old + (new - old)`). Needs float32
+    moments (`moment_dtype="float32"`).
+
     There is no legacy (`OptimizerV2`) form: tf-keras's
     `convert_to_legacy_optimizer` (exported as
     `tf_keras.__internal__.optimizers.convert_to_legacy_optimizer`) raises
@@ -314,11 +350,14 @@ class SparseAdam(RowSparseUpdates, _BaseAdam):
             accepted too.
         stochastic_rounding: With a 16-bit `moment_dtype`, round the stored moments
             stochastically (default) rather than to nearest. Ignored for float32.
+        sparse_update: How sparse updates write their rows: `"assign"` (default; the
+            exact path) or `"add"` (the change, with `scatter_add`: no concurrent
+            worker's update to the same row is lost; see above).
         **kwargs: Other base optimizer arguments (`is_legacy_optimizer`, `mesh`).
 
     Raises:
-        ValueError: An argument is out of range, `use_ema=True`, or a 16-bit
-            `moment_dtype` with a DTensor `mesh`.
+        ValueError: An argument is out of range, `use_ema=True`, a 16-bit
+            `moment_dtype` with a DTensor `mesh` or with `sparse_update="add"`.
     """
 
     def __init__(
@@ -340,6 +379,7 @@ class SparseAdam(RowSparseUpdates, _BaseAdam):
         name: str = "SparseAdam",
         moment_dtype: Any = "float32",
         stochastic_rounding: bool = True,
+        sparse_update: str = "assign",
         **kwargs: Any,
     ) -> None:
         learning_rate = check_learning_rate(learning_rate)
@@ -351,6 +391,17 @@ class SparseAdam(RowSparseUpdates, _BaseAdam):
         refuse_ema(use_ema, "SparseAdam")
         moment_dtype = _moment_dtype_name(moment_dtype)
         stochastic_rounding = check_bool("stochastic_rounding", stochastic_rounding)
+        if sparse_update not in SPARSE_UPDATES:
+            raise ValueError(
+                f"`sparse_update` must be one of {SPARSE_UPDATES}. "
+                f"Received: sparse_update={sparse_update!r}"
+            )
+        if sparse_update == "add" and moment_dtype != "float32":
+            raise ValueError(
+                "`sparse_update='add'` needs float32 moments: a change rounded to 16 bits "
+                f"would drift. Received: moment_dtype={moment_dtype!r}; use "
+                "moment_dtype='float32' or sparse_update='assign'."
+            )
         if moment_dtype != "float32" and kwargs.get("mesh") is not None:
             raise ValueError(
                 "A 16-bit `moment_dtype` is not supported with a DTensor `mesh`. "
@@ -386,6 +437,7 @@ class SparseAdam(RowSparseUpdates, _BaseAdam):
         self.adaptive_epsilon = bool(adaptive_epsilon)
         self.moment_dtype = moment_dtype
         self.stochastic_rounding = stochastic_rounding
+        self.sparse_update = sparse_update
         self._remember_jit_compile(jit_compile)
 
     # --- slots -----------------------------------------------------------------------
@@ -509,7 +561,14 @@ class SparseAdam(RowSparseUpdates, _BaseAdam):
             decay,
             lean,
             seed,
+            self.sparse_update == "add",
         )
+        if self.sparse_update == "add":
+            # Only the distinct ids: adding a padding copy's change again would count twice.
+            n = inputs.n_unique
+            changes = tuple(None if r is None else r[:n] for r in new_rows)
+            _scatter_add_rows(targets, unflatten_rows(changes, inputs.row_shape), inputs.ids[:n])
+            return
         scatter_rows(targets, unflatten_rows(new_rows, inputs.row_shape), inputs.ids)
 
     def _sparse_update_step(self, gradient: Any, variable: Any, decay: Any | None) -> None:
@@ -534,6 +593,9 @@ class SparseAdam(RowSparseUpdates, _BaseAdam):
         )
         if lean is not None:
             new_rows = (new_rows[0], *_store_rows(new_rows[1:], lean, seed, indices))
+        if self.sparse_update == "add":
+            _scatter_add_rows(targets, _changes(new_rows, rows), indices)
+            return
         scatter_rows(targets, new_rows, indices)
 
     def _dense_lean_update_step(self, gradient: Any, targets: tuple, lean: Any, seed: Any) -> None:
@@ -568,4 +630,5 @@ class SparseAdam(RowSparseUpdates, _BaseAdam):
         config["jit_compile"] = self._jit_compile_requested
         config["moment_dtype"] = self.moment_dtype
         config["stochastic_rounding"] = self.stochastic_rounding
+        config["sparse_update"] = self.sparse_update
         return config
