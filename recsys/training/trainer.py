@@ -559,6 +559,7 @@ class Trainer:
                 else "this trainer does not support step checkpoints",
             )
         validation: dict[str, Any] = {}
+        val_data = None
         if self.validate and has_val:
             val_data = _limit(_split_dataset(model, data, "val"), self.limit_val_batches)
             validation["validation_data"] = val_data
