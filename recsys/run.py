@@ -59,6 +59,7 @@ __all__ = [
     "atomic_path",
     "check_resumable",
     "config_changes",
+    "curve_panels",
     "metric_value",
     "plot_curves",
     "project_root",
@@ -641,8 +642,39 @@ def metric_value(metrics: Mapping[str, Any], name: str | None) -> float | None:
 # ----------------------------------------------------------------------- curves
 
 
+def _constant(history: Mapping[str, Sequence[float]], name: str, epochs: int) -> bool:
+    """Whether ``name``'s curves (train and ``val_``) say nothing over two or more epochs.
+
+    A panel whose every value is the same (a zero regularization loss) is left out.
+    """
+    values = [
+        float(v)
+        for key in (name, f"val_{name}")
+        if len(history.get(key, ())) == epochs
+        for v in history[key]
+        if v == v  # NaN pads of a metric that appeared late are not values
+    ]
+    return epochs >= 2 and len(set(values)) <= 1
+
+
+def curve_panels(history: Mapping[str, Sequence[float]]) -> list[str]:
+    """The panels :func:`plot_curves` draws: one per metric, constant ones left out.
+
+    Example:
+        >>> curve_panels({"epoch": [1, 2], "loss": [2.0, 1.0], "val_loss": [2.5, 1.5],
+        ...               "regularization_loss": [0.0, 0.0], "val_rmse": [1.1, 1.0]})
+        ['loss', 'rmse']
+    """
+    epochs = len(history.get("epoch", []))
+    names = sorted({k.removeprefix("val_") for k in history if k not in _NOT_CURVES})
+    return [name for name in names if not _constant(history, name, epochs)]
+
+
 def plot_curves(history: Mapping[str, Sequence[float]], path: Path, title: str = "") -> None:
     """Draw one panel per metric (training and ``val_`` curves together) into a PNG.
+
+    Metrics whose values never change over two or more epochs (a zero
+    regularization loss) get no panel.
 
     Args:
         history: Per-epoch history with an ``"epoch"`` entry (1-based epoch numbers).
@@ -655,7 +687,7 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: Path, title: str =
     from matplotlib.ticker import MaxNLocator
 
     epochs = list(history.get("epoch", []))
-    names = sorted({k.removeprefix("val_") for k in history if k not in _NOT_CURVES})
+    names = curve_panels(history)
     figure = Figure(figsize=(4.5 * max(len(names), 1), 3.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, max(len(names), 1), squeeze=False)[0]

@@ -16,7 +16,7 @@ from recsys.training.checkpoints import Position, TrainingState
 from recsys.training.errors import TrainingInterrupted
 from recsys.training.signals import StopSignals
 
-__all__ = ["HistoryRecorder", "TrainingCheckpoints"]
+__all__ = ["EpochMetrics", "HistoryRecorder", "TrainingCheckpoints", "metric_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +188,57 @@ class HistoryRecorder(keras.callbacks.Callback):
         write_history(self.path, self.history)
         shown = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(logs.items()))
         log.info("epoch %d: %s", epoch + 1, shown)
+
+
+# Metric names (without a split prefix) that are better when lower.
+_LOWER_IS_BETTER = ("loss", "rmse", "mae", "mse", "error")
+
+
+def metric_mode(name: str) -> str:
+    """``"min"`` for losses and errors (``val_loss``, ``val_rmse``), else ``"max"``.
+
+    Example:
+        >>> metric_mode("val_rmse"), metric_mode("val_top100_accuracy")
+        ('min', 'max')
+    """
+    return "min" if name.lower().endswith(_LOWER_IS_BETTER) else "max"
+
+
+class EpochMetrics(keras.callbacks.Callback):
+    """At each epoch end, add the model's own metrics on a split to the epoch's logs.
+
+    Keras's validation computes the training loss on the validation batches; what a
+    recommender is judged by (exact top-100 accuracy over the whole catalogue, RMSE
+    of clipped predictions, accuracy) comes from ``model.evaluate_metrics(data,
+    split)``. Its ``"val/top100_accuracy"`` enters the logs as
+    ``"val_top100_accuracy"``, so the history, ``curves.png``, TensorBoard and
+    callbacks after this one (``EarlyStopping(monitor="val_top100_accuracy")``) see it.
+    Put it before the callbacks that read the logs.
+
+    Args:
+        data: The data module the model evaluates on.
+        split: The split to evaluate (``"val"``).
+
+    Example:
+        >>> callbacks = [EpochMetrics(data), HistoryRecorder(path)]
+        >>> model.fit(train, epochs=3, callbacks=callbacks)  # doctest: +SKIP
+    """
+
+    def __init__(self, data: Any, split: str = "val") -> None:
+        super().__init__()
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test'. Received: split={split!r}")
+        self.data = data
+        self.split = split
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Evaluate and add ``{split}_<metric>`` entries to ``logs`` (in place)."""
+        if logs is None:
+            return
+        started = time.perf_counter()
+        metrics = self.model.evaluate_metrics(self.data, split=self.split)
+        for name, value in metrics.items():
+            logs[name.replace("/", "_", 1)] = float(value)
+        log.debug(
+            "epoch %d: %s metrics in %.1f s", epoch + 1, self.split, time.perf_counter() - started
+        )

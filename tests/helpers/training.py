@@ -181,6 +181,19 @@ def signal_after(batches: int, signum: int = signal.SIGTERM) -> str:
     )
 
 
+class CountEpochs(keras.callbacks.Callback):
+    """Logs ``val_growing_loss``: a loss that grows every epoch, so it never improves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seen += 1
+        if logs is not None:
+            logs["val_growing_loss"] = float(self.seen)
+
+
 class FakeDataModule(FrameInteractionData):
     """Random ratings for a few users and items, split 70/15/15.
 
