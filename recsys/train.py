@@ -184,17 +184,22 @@ def _distribute(cfg: DictConfig) -> dict[str, Any]:
     Checked before the data and TensorFlow, so a cluster that does not fit the strategy
     (no TF_CONFIG, no ps task, this process not the chief) fails in a second.
     """
-    from recsys.distribute import check_cluster, read_tf_config
+    from recsys.distribute import DEFAULT_MIN_SHARD_BYTES, check_cluster, read_tf_config
 
     node = cfg.get("distribute")
-    settings = {"kind": "none", "min_shard_bytes": 256 << 10, "max_shards": None}
-    settings["steps_per_execution"] = 1
+    settings: dict[str, Any] = {
+        "kind": "none",
+        "min_shard_bytes": DEFAULT_MIN_SHARD_BYTES,
+        "max_shards": None,
+        "steps_per_execution": 1,
+    }
     with reading("distribute", node):
         if node is not None:
             unknown = sorted(set(node) - set(settings))
             if unknown:
                 raise ValueError(
-                    f"Unknown key distribute.{unknown[0]}: the keys are {', '.join(settings)}."
+                    f"Unknown key distribute.{unknown[0]}: the keys are {', '.join(settings)}. "
+                    f"Received: distribute.{unknown[0]}={node[unknown[0]]!r}"
                 )
             settings.update(node)
         if settings["kind"] != "none":
