@@ -131,7 +131,7 @@ mode, updates, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 strategy = make_strategy("parameter_server", min_shard_bytes=64)
 coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
 with strategy.scope():
-    table = tf.Variable(tf.zeros([64, 4]))
+    table = tf.Variable(tf.zeros([64, 4]), name="table")  # shards: table/part_<i>
     optimizer = SparseAdam(1.0, beta_1=0.0, beta_2=0.0, epsilon=0.0, sparse_update=mode)
     build_optimizer_slots(optimizer, table.variables)
 assert len(table.variables) == 2
