@@ -197,7 +197,9 @@ def _train(log: Path, run_dir: Path, cache: Path, steps: int, batch_size: int) -
         "trainer.limit_val_batches=10",
         f"hydra.run.dir={run_dir}",
     ]
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resumed one
+    # A fresh run (not a resumed one) that counts the log itself, as a first run does.
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
     measured = _measured(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     measured["command"] = " ".join(command)
     if measured["status"] == 0:
