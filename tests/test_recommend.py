@@ -158,6 +158,20 @@ def test_one_user_leaves_out_training_and_validation_items(real_runs: dict[str, 
     assert set(with_seen["item_id"]) & seen[seen.index[0]]  # the unfiltered signature
 
 
+def test_command_line_user_id_leaves_out_seen_items(
+    real_runs: dict[str, Any], capsys: pytest.CaptureFixture
+) -> None:
+    run, seen = real_runs["retrieval"], _seen(real_runs["retrieval_data"])
+    user = seen.index[0]
+    # k = the whole catalogue (40 items): without seen items, exactly the others are left.
+    for extra, expected in (([], 40 - len(seen[user])), (["--include-seen"], 40)):
+        assert main([str(run), "--user-id", user, "-k", "40", *extra]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        printed = [line.split()[1] for line in lines[2:]]  # rank, item_id, score, title
+        assert len(printed) == expected
+        assert bool(set(printed) & seen[user]) is bool(extra)
+
+
 def test_all_users_to_parquet_equals_the_single_user_answers(
     real_runs: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -196,6 +210,9 @@ def test_users_from_a_text_or_parquet_file(real_runs: dict[str, Any], tmp_path: 
     a, b = pd.read_parquet(text_out), pd.read_parquet(parquet_out)
     assert a["user_id"].tolist() == ["1"] * 3 + ["2"] * 3 + ["new-user"] * 3  # unknown: answered
     pd.testing.assert_frame_equal(a, b)
+    seen = _seen(real_runs["retrieval_data"])
+    for user, rows in a[a["user_id"] != "new-user"].groupby("user_id"):
+        assert not set(rows["item_id"]) & seen.get(user, set())
 
 
 def test_pairs_of_a_ranking_run(real_runs: dict[str, Any], tmp_path: Path) -> None:
