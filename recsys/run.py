@@ -51,6 +51,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+# The run's errors live with the training package's errors (no TensorFlow there).
+from recsys.training.errors import EXIT_RUN_DIR_BUSY, ConfigError, RunDirectoryBusy
+
 __all__ = [
     "RunDirectoryBusy",
     "RunDirectoryLock",
@@ -146,10 +149,6 @@ class RunPaths:
 
 
 # ----------------------------------------------------------- one run per directory
-
-
-class RunDirectoryBusy(RuntimeError):
-    """Another live process is using the run directory."""
 
 
 def _process_alive(pid: int) -> bool:
@@ -333,8 +332,6 @@ class RunDirectoryLock(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Take the lock of ``hydra.run.dir``; exit with a message when it is in use."""
-        from recsys.training.errors import EXIT_RUN_DIR_BUSY
-
         block = run_lock(Path(str(config.hydra.run.dir)))
         try:
             block.__enter__()
@@ -511,8 +508,6 @@ def check_resumable(cfg: DictConfig, paths: RunPaths) -> None:
         return
     model_changes = [c for c in changes if c.startswith("model.")]
     if model_changes:
-        from recsys.training.errors import ConfigError  # no TensorFlow there
-
         raise ConfigError(
             f"{paths.root} holds a checkpoint of a different model ({'; '.join(model_changes)}), "
             "so it cannot be resumed. Use a new run directory (hydra.run.dir=...) or start "

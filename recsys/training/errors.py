@@ -30,6 +30,7 @@ __all__ = [
     "EXIT_RUN_DIR_BUSY",
     "CheckpointError",
     "ConfigError",
+    "RunDirectoryBusy",
     "TrainingInterrupted",
     "config_error",
     "describe",
@@ -54,6 +55,10 @@ class ConfigError(ValueError):
     def __init__(self, message: str, key: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+class RunDirectoryBusy(RuntimeError):
+    """Another live process is using the run directory (exit status 3)."""
 
 
 class CheckpointError(RuntimeError):
@@ -314,7 +319,6 @@ def describe(err: BaseException) -> tuple[int, str] | None:
         traceback).
     """
     from recsys.data.sources.errors import DataError
-    from recsys.run import RunDirectoryBusy
 
     interrupted = _in_chain(err, TrainingInterrupted)
     if interrupted is not None:
