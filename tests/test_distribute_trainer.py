@@ -35,6 +35,7 @@ TINY = (
     "distribute.min_shard_bytes=1024",
     "distribute.steps_per_execution=2",
     "data.batch_size=64",
+    "data.val_fraction=0.15",  # validation runs on the workers too
     "trainer.limit_train_batches=3",
     "trainer.tensorboard=false",
     "hardware.allocator=none",
@@ -267,6 +268,8 @@ def test_trainer_under_pss_trains_evaluates_checkpoints_and_exports(tmp_path):
     assert metrics["status"] == "completed" and metrics["epochs"] == 2
     assert 0.0 <= metrics["test/top100_accuracy"] <= 1.0
     assert len(metrics["history"]["loss"]) == 2
+    assert np.all(np.isfinite(metrics["history"]["val_loss"]))  # per-worker validation
+    assert len(metrics["history"]["val_loss"]) == 2 and "val/top100_accuracy" in metrics
     for artifact in ("config.yaml", "curves.png", "items.parquet", "export/1/saved_model.pb"):
         assert (run / artifact).exists(), artifact
 

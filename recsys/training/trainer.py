@@ -532,7 +532,7 @@ class Trainer:
                 "tf.data.experimental.assert_cardinality(batches)."
             )
         if steps is None and self.coordinated:
-            steps = self._coordinated_steps(data)
+            steps = self._coordinated_steps(data, "train", self.limit_train_batches)
         if start.step and self.coordinated:
             log.warning(
                 "The checkpoint is %d steps into epoch %d, but under ParameterServerStrategy "
@@ -605,20 +605,20 @@ class Trainer:
             history, start.epoch, state.completed_epochs, start.step, tuple(saver.saved)
         )
 
-    def _coordinated_steps(self, data: Any) -> int:
-        """Steps per epoch under ParameterServerStrategy, from the data's rows and batch size."""
+    def _coordinated_steps(self, data: Any, split: str, limit: int | None) -> int:
+        """Batches of ``split`` under ParameterServerStrategy, from its rows and batch size."""
         from recsys.distribute.parameter_server import steps_per_epoch
 
-        rows, batch_size = _split_rows(data, "train"), getattr(data, "batch_size", None)
+        rows, batch_size = _split_rows(data, split), getattr(data, "batch_size", None)
         if not rows or not isinstance(batch_size, int):
             raise ValueError(
-                "Under distribute=parameter_server an epoch is a number of steps, which needs "
-                "a training dataset whose length tf.data knows (end it with "
+                f"Under distribute=parameter_server the {split} split's number of batches "
+                "must be known: give a dataset whose length tf.data knows (end it with "
                 "tf.data.experimental.assert_cardinality) or a data module with rows and an "
                 f"integer batch_size. Received: data of type {type(data).__name__}."
             )
         steps = steps_per_epoch(rows, batch_size)
-        return min(steps, self.limit_train_batches or steps)
+        return min(steps, limit or steps)
 
     def _coordinated_input(
         self,
@@ -631,7 +631,7 @@ class Trainer:
         """``fit``'s input under ParameterServerStrategy: a dataset function per worker.
 
         Validation (when ``validation`` holds a dataset) becomes one too, with
-        ``validation_steps`` from its length: each batch once with one worker.
+        ``validation_steps`` from its length (or rows): each batch once with one worker.
         """
         x = _per_worker(
             lambda: _split_dataset(model, data, "train"),
@@ -640,17 +640,13 @@ class Trainer:
         )
         val_data = validation.pop("validation_data", None)
         if val_data is not None:
-            val_steps = _known_steps(val_data)
-            if val_steps is None:
-                log.warning(
-                    "No validation under ParameterServerStrategy: the validation dataset's "
-                    "length is unknown to tf.data (end it with assert_cardinality)."
-                )
-            else:
-                validation["validation_data"] = _per_worker(
-                    lambda: _split_dataset(model, data, "val"), self.limit_val_batches
-                )
-                validation["validation_steps"] = val_steps
+            val_steps = _known_steps(val_data) or self._coordinated_steps(
+                data, "val", self.limit_val_batches
+            )
+            validation["validation_data"] = _per_worker(
+                lambda: _split_dataset(model, data, "val"), self.limit_val_batches
+            )
+            validation["validation_steps"] = val_steps
         return x, {"steps_per_epoch": steps}
 
     # --------------------------------------------------------------- evaluate
