@@ -393,8 +393,6 @@ class RetrievalModel(tfrs.Model):
             )
         seen = data.histories(("train", "val"))
         known = positions(self.item_ids, data.catalogue().ids)
-        owner, members = seen.select(seen.keys)
-        rows = known[members]
         return export_retrieval(
             path,
             item_ids=self.item_ids,
@@ -402,7 +400,7 @@ class RetrievalModel(tfrs.Model):
             user_query_fn=self.user_embeddings,
             history_query_fn=self.history_embeddings,
             user_ids=seen.keys,
-            seen=UserItems.from_pairs(owner[rows >= 0], rows[rows >= 0], num_users=len(seen.keys)),
+            seen=UserItems.from_histories(seen, item_rows=known),
             k=k,
             index=index,
             track=[self],
