@@ -236,6 +236,9 @@ def run_chief(
     )
 
 
+# About 2 minutes (a loopback cluster and a full run); the quick PSS smoke test of the
+# default suite is tests/test_cluster.py::test_pss_smoke_fit_embedding_and_sparse_adam_on_a_local_cluster.
+@pytest.mark.slow
 def test_trainer_under_pss_trains_evaluates_checkpoints_and_exports(tmp_path):
     """1 worker + 2 PS through recsys.train.train: sharded tables on both parameter
     servers, epoch checkpoints, evaluation that reads no whole shard, and an export

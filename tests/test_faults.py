@@ -255,7 +255,10 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return _metrics(run_dir)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip a byte", "delete"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate", pytest.param("flip a byte", marks=pytest.mark.slow), "delete"],
+)
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(
     damage: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, uninterrupted: dict
 ) -> None:

@@ -131,9 +131,14 @@ def check_learning_rate(optimizer: keras.optimizers.Optimizer) -> keras.optimize
 
 
 def _training_input(
-    train_data: tf.data.Dataset, start: Position, steps: int | None
+    train_data: tf.data.Dataset, start: Position, steps: int | None, epochs: int
 ) -> tuple[tf.data.Dataset, dict[str, int]]:
     """What ``fit`` gets to see, from ``start``, the orders an uninterrupted run sees.
+
+    With a known epoch length the epochs left are one finite stream: it ends with the
+    last step, so no background thread is still producing a next epoch that nobody
+    reads when ``fit`` returns (an endless ``repeat()`` made TensorFlow wait 10-20 s
+    for them while it destroyed the iterator).
 
     Returns:
         The dataset and the ``fit`` arguments that go with it (``steps_per_epoch``).
@@ -145,7 +150,7 @@ def _training_input(
         return train_data, {}
     for _ in range(start.epoch + 1):  # see the module docstring
         iter(train_data)
-    x = train_data.repeat()
+    x = train_data.repeat(epochs - start.epoch)
     return (x.skip(start.step) if start.step else x), {"steps_per_epoch": steps}
 
 
@@ -567,7 +572,7 @@ class Trainer:
             assert steps is not None  # _coordinated_steps raises otherwise
             x, length = self._coordinated_input(model, data, start, steps, validation)
         else:
-            x, length = _training_input(train_data, start, steps)
+            x, length = _training_input(train_data, start, steps, self.epochs)
         saver = (_EpochCheckpoints if self.coordinated else TrainingCheckpoints)(
             state,
             steps_per_epoch=steps,

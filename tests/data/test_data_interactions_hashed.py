@@ -54,6 +54,7 @@ def runs(tmp_path_factory) -> dict[str, dict[str, Any]]:
     }
 
 
+@pytest.mark.slow  # two training runs (about a minute)
 def test_hashed_ids_reach_the_counted_vocabularys_quality(runs):
     counted, hashed = runs["counted"]["metrics"], runs["hashed"]["metrics"]
     for name, metrics in (("counted", counted), ("hashed", hashed)):  # shown by pytest -rP
@@ -67,6 +68,7 @@ def test_hashed_ids_reach_the_counted_vocabularys_quality(runs):
         assert abs(hashed[key] - counted[key]) <= 0.03, (key, hashed[key], counted[key])
 
 
+@pytest.mark.slow  # shares the two training runs
 def test_hashed_export_answers_a_user_never_seen_through_the_empty_history(runs):
     loaded = tf.saved_model.load(str(runs["hashed"]["run"] / "export" / "1"))
     users = tf.constant(["never-seen-user", "another-stranger"])
