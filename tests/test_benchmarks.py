@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from recsys.benchmarks import sparse_adam as bench
 
@@ -50,6 +51,7 @@ def test_summarize_computes_the_targeted_ratios():
     assert not any("zipf" in name for name in checks)
 
 
+@pytest.mark.slow  # trains tf-keras Adam and SparseAdam on small tables (about 30 s)
 def test_small_run_writes_json_and_table(tmp_path, capsys):
     output = tmp_path / "bench.json"
     code = bench.main(

@@ -386,6 +386,7 @@ def test_real_retrieval_run_resumes(tiny_datasets: dict[str, Path], tmp_path: Pa
     importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
     reason="hydra-optuna-sweeper is not installed",
 )
+@pytest.mark.slow  # several trials of a real sweep (about 25 s)
 def test_optuna_search_runs_trials_and_reports_the_best(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "optuna"
     done = _cli(
