@@ -12,6 +12,13 @@ reported and CMD stopped (exit status :data:`EXIT_CLUSTER_FAILURE`). Server logs
 files (``--log-dir``, or a temporary folder removed after a clean run); see
 :mod:`recsys.distribute.local_cluster`.
 
+``local --mode multi_worker --workers W -- CMD ...`` is MultiWorkerMirroredStrategy's
+shape instead: no servers; CMD runs W times, each with its own ``TF_CONFIG`` (worker
+``i`` of W; worker 0 is the chief and talks to the terminal, the others log to
+files); it exits when all have ended: 0, worker 0's status, or
+:data:`EXIT_CLUSTER_FAILURE` when another worker failed (the rest are stopped). See
+:mod:`recsys.distribute.local_workers`.
+
 Never imports TensorFlow itself; ``serve`` does, after checking TF_CONFIG.
 """
 
@@ -22,6 +29,7 @@ import sys
 from collections.abc import Sequence
 
 from recsys.distribute.local_cluster import EXIT_CLUSTER_FAILURE, local_server_env, run_local
+from recsys.distribute.local_workers import run_workers
 from recsys.distribute.server import READY_FILE_VAR, serve, server_threads
 from recsys.distribute.tf_config import TFConfigError
 
@@ -31,6 +39,7 @@ __all__ = [
     "local_server_env",
     "main",
     "run_local",
+    "run_workers",
     "serve",
     "server_threads",
 ]
@@ -41,7 +50,8 @@ _PREFIX = "recsys.cluster:"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m recsys.cluster",
-        description="Servers for tf.distribute clusters (ParameterServerStrategy).",
+        description="Servers and loopback clusters for tf.distribute (ParameterServerStrategy, "
+        "MultiWorkerMirroredStrategy).",
     )
     sub = parser.add_subparsers(dest="command_name", required=True)
     sub.add_parser(
@@ -53,22 +63,51 @@ def _parser() -> argparse.ArgumentParser:
     )
     local = sub.add_parser(
         "local",
-        help="start a loopback cluster and run CMD as its chief",
-        description="Start --ps parameter servers and --workers workers on free loopback "
-        "ports, run CMD with the chief's TF_CONFIG, stop the servers when CMD ends.",
-        epilog=f"Exit status: CMD's (128+N if killed by signal N), or "
-        f"{EXIT_CLUSTER_FAILURE} if a server failed to start or died. Example: "
-        "python -m recsys.cluster local --ps 2 --workers 1 -- "
-        "python -m recsys.train +experiment=movielens distribute=parameter_server",
+        help="start a loopback cluster and run CMD on it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="--mode parameter_server (default): start --ps parameter servers and "
+        "--workers workers\non free loopback ports, run CMD once with the chief's TF_CONFIG, "
+        "stop the servers when\nCMD ends. Exit status: CMD's (128+N if killed by signal N), "
+        f"or {EXIT_CLUSTER_FAILURE} if a server failed\nto start or died.\n\n"
+        "--mode multi_worker: no servers; run CMD --workers times, each with its own "
+        "TF_CONFIG\n(worker i of W; worker 0 is the chief; its output is this terminal's, "
+        "the others' go to\n--log-dir/worker-<i>.log). Exit status: 0 when every worker "
+        "exits 0, worker 0's status\nif it fails, "
+        f"{EXIT_CLUSTER_FAILURE} if another worker fails (the rest are stopped). With\n"
+        "recsys.train, give hydra.run.dir=DIR: the chief writes DIR, worker i only "
+        "DIR/workertemp_i,\nremoved when it ends.",
+        epilog="Examples:\n"
+        "  python -m recsys.cluster local --ps 2 --workers 1 -- \\\n"
+        "      python -m recsys.train +experiment=movielens distribute=parameter_server\n"
+        "  python -m recsys.cluster local --mode multi_worker --workers 2 -- \\\n"
+        "      python -m recsys.train +experiment=movielens distribute=multi_worker "
+        "hydra.run.dir=runs/mw",
     )
     local.add_argument(
-        "--ps", type=int, default=2, metavar="P", help="parameter servers (default 2)"
+        "--mode",
+        choices=("parameter_server", "multi_worker"),
+        default="parameter_server",
+        help="the cluster's shape (default parameter_server)",
     )
-    local.add_argument("--workers", type=int, default=1, metavar="W", help="workers (default 1)")
+    local.add_argument(
+        "--ps",
+        type=int,
+        default=None,
+        metavar="P",
+        help="parameter servers (default 2; none with --mode multi_worker)",
+    )
+    local.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="W",
+        help="workers (default 1; 2 with --mode multi_worker)",
+    )
     local.add_argument(
         "--log-dir",
         metavar="DIR",
-        help="server logs (default: a temporary folder, removed after a clean run)",
+        help="server logs, or workers 1.. with --mode multi_worker (default: a temporary "
+        "folder, removed after a clean run)",
     )
     local.add_argument(
         "--grace",
@@ -103,6 +142,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = cmd[1:]
     if not cmd:
         parser.error("local: give the chief's command after --, e.g. -- python my_training.py")
+    if args.mode == "multi_worker":
+        if args.ps:
+            parser.error(
+                "--mode multi_worker runs no parameter servers (every worker runs CMD); "
+                f"drop --ps, or use --mode parameter_server. Received: --ps={args.ps}"
+            )
+        workers = 2 if args.workers is None else args.workers
+        if workers < 1:
+            parser.error(f"--workers must be >= 1. Received: --workers={workers}")
+        try:
+            return run_workers(workers, cmd, log_dir=args.log_dir, grace=args.grace)
+        except ValueError as err:
+            parser.error(str(err))
+            return 2  # pragma: no cover - parser.error exits
+    args.ps = 2 if args.ps is None else args.ps
+    args.workers = 1 if args.workers is None else args.workers
     for name in ("ps", "workers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1. Received: --{name}={getattr(args, name)}")

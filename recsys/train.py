@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -74,27 +75,33 @@ def _plan_hardware(cfg: DictConfig, run_dir: Path) -> Any:
             return apply_hardware_plan(cfg.get("hardware"), run_dir=run_dir)
 
 
-def _start_tensorflow(plan: Any) -> None:
-    """Start TensorFlow with the plan's thread pools.
+def _start_tensorflow(plan: Any, before_devices: Callable[[], Any] | None = None) -> Any:
+    """Start TensorFlow with the plan's thread pools; returns ``before_devices()``.
 
-    When TensorFlow is already running in this process (a test, or the second job of
-    an in-process multirun), thread pools that differ from the plan cannot be changed
-    any more: that is reported as a warning, not an error.
+    ``before_devices`` runs after the thread pools are set and before TensorFlow's
+    runtime starts (MultiWorkerMirroredStrategy must configure its collective ops
+    then). When TensorFlow is already running in this process (a test, or the second
+    job of an in-process multirun), thread pools that differ from the plan cannot be
+    changed any more: that is reported as a warning, not an error.
     """
     from recsys._env import quiet_tensorflow_startup
     from recsys.hardware import configure_tensorflow_threads
 
     tf_was_running = "tensorflow" in sys.modules
+    made = None
     try:
         with quiet_tensorflow_startup():  # TensorFlow starts here: import, devices
             configure_tensorflow_threads(plan)
             from recsys._tf import tf
 
+            made = before_devices() if before_devices is not None else None
             tf.config.list_logical_devices()
     except RuntimeError as err:
-        if not tf_was_running:
+        # A strategy that could not join its cluster is an error wherever it happens.
+        if not tf_was_running or (before_devices is not None and made is None):
             raise
         log.warning("Thread pools keep their earlier size: %s", err)
+    return made
 
 
 def _read(group: str, cfg: DictConfig, build: Callable[..., Any]) -> Callable[..., Any]:
@@ -184,7 +191,13 @@ def _distribute(cfg: DictConfig) -> dict[str, Any]:
     Checked before the data and TensorFlow, so a cluster that does not fit the strategy
     (no TF_CONFIG, no ps task, this process not the chief) fails in a second.
     """
-    from recsys.distribute import DEFAULT_MIN_SHARD_BYTES, check_cluster, read_tf_config
+    from recsys.distribute import (
+        DEFAULT_MIN_SHARD_BYTES,
+        TFConfigError,
+        check_cluster,
+        read_tf_config,
+    )
+    from recsys.distribute.workers import is_scratch_dir
 
     node = cfg.get("distribute")
     settings: dict[str, Any] = {
@@ -204,6 +217,13 @@ def _distribute(cfg: DictConfig) -> dict[str, Any]:
             settings.update(node)
         if settings["kind"] != "none":
             check_cluster(settings["kind"], read_tf_config())
+        if settings["kind"] != "multi_worker" and is_scratch_dir(cfg.paths.output_dir):
+            raise TFConfigError(
+                f"The run directory {cfg.paths.output_dir} is a non-chief worker's scratch "
+                "directory (TF_CONFIG names this process a non-chief worker of a cluster "
+                f"without parameter servers), but distribute.kind={settings['kind']!r}. Use "
+                "distribute=multi_worker on every worker, or unset TF_CONFIG."
+            )
     return settings
 
 
@@ -222,8 +242,20 @@ def _build(cfg: DictConfig, run: RunPaths, stop: StopSignals) -> tuple[Any, Any,
     _read("data", cfg, hydra.utils.get_class)(cfg.data._target_)
     with stop.immediate("loading data"):
         data = _read("data", cfg, lambda: instantiate(cfg.data).setup())()
+    from recsys.distribute import make_strategy
+
+    def strategy_fn() -> Any:
+        return _read("distribute", cfg, make_strategy)(
+            distribute["kind"],
+            min_shard_bytes=distribute["min_shard_bytes"],
+            max_shards=distribute["max_shards"],
+        )
+
     stop.phase = "starting TensorFlow"
-    _start_tensorflow(plan)  # TensorFlow only now, after the hardware plan
+    # TensorFlow only now, after the hardware plan. MultiWorkerMirroredStrategy joins
+    # its cluster before TensorFlow's runtime starts (its collective ops need that).
+    multi_worker = distribute["kind"] == "multi_worker"
+    strategy = _start_tensorflow(plan, strategy_fn if multi_worker else None)
 
     from recsys._tf import keras
     from recsys.training.trainer import check_learning_rate
@@ -231,14 +263,10 @@ def _build(cfg: DictConfig, run: RunPaths, stop: StopSignals) -> tuple[Any, Any,
     keras.backend.clear_session()
     if cfg.get("seed") is not None:
         keras.utils.set_random_seed(_read("seed", cfg, check_int)("seed", cfg.seed))
-    from recsys.distribute import make_strategy
 
     stop.phase = "connecting to the cluster"
-    strategy = _read("distribute", cfg, make_strategy)(
-        distribute["kind"],
-        min_shard_bytes=distribute["min_shard_bytes"],
-        max_shards=distribute["max_shards"],
-    )
+    if not multi_worker:
+        strategy = strategy_fn()
     trainer = _read("trainer", cfg, instantiate)(
         cfg.trainer, strategy=strategy, steps_per_execution=distribute["steps_per_execution"]
     )
@@ -327,6 +355,7 @@ def cli() -> None:
     a preempted machine may not give.
     """
     _check_override_syntax(sys.argv[1:])
+    scratch = _worker_scratch()
     try:
         main()
     except SystemExit as leaving:
@@ -335,8 +364,36 @@ def cli() -> None:
             logging.shutdown()  # flushes the log file
             sys.stdout.flush()
             sys.stderr.flush()
+            _remove_scratch(scratch)
             os._exit(leaving.code)
         raise
+    finally:
+        _remove_scratch(scratch)
+
+
+def _worker_scratch() -> Path | None:
+    """A non-chief multi_worker process runs in its scratch directory (see
+    :mod:`recsys.distribute.workers`): ``sys.argv`` is rewritten to it; returns it."""
+    from recsys.distribute import TFConfigError
+    from recsys.distribute.workers import multi_worker_role, worker_argv
+
+    try:
+        role = multi_worker_role()
+    except TFConfigError:
+        return None  # a malformed TF_CONFIG is reported by distribute=... if it is used
+    try:
+        sys.argv[1:], scratch = worker_argv(sys.argv[1:], role)
+    except TFConfigError as err:
+        _report(f"Error: {err}")
+        sys.exit(EXIT_BAD_INPUT)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)  # a killed earlier run's leftovers
+    return scratch
+
+
+def _remove_scratch(scratch: Path | None) -> None:
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

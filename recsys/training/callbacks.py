@@ -117,7 +117,7 @@ class TrainingCheckpoints(keras.callbacks.Callback):
         if done >= self.steps_per_epoch:
             return  # the epoch end saves
         position = Position(self._epoch, done, self.clock() - self._epoch_start)
-        stopping = self.stop is not None and self.stop.requested
+        stopping = self._stop_within_epoch()
         due = (
             self.every_steps and position.global_step(self.steps_per_epoch) % self.every_steps == 0
         ) or (self.every_seconds and self.clock() - self._last_save >= self.every_seconds)
@@ -134,12 +134,21 @@ class TrainingCheckpoints(keras.callbacks.Callback):
                 step=done,
             )
 
+    def _stop_within_epoch(self) -> bool:
+        """Whether to save and stop after this step (a stop signal arrived)."""
+        return self.stop is not None and self.stop.requested
+
+    def _stop_signal_at_epoch_end(self) -> int | None:
+        """The signal to stop with at this epoch end, or None to go on."""
+        return self.stop.signum if self.stop is not None else None
+
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         """Save with ``epoch + 1`` completed epochs; stop here if a stop was requested."""
         path = self._save(Position(epoch + 1, 0, 0.0))
-        if self.stop is not None and self.stop.signum is not None:
+        signum = self._stop_signal_at_epoch_end()
+        if signum is not None:
             raise TrainingInterrupted(
-                self.stop.signum,
+                signum,
                 f"saved checkpoint {Path(path).name} at the end of epoch {epoch + 1}. Run the "
                 "same command again to resume there.",
                 epoch=epoch + 1,

@@ -96,6 +96,9 @@ class TrainingState:
         optimizer: Its optimizer (slots and ``iterations`` are saved too).
         directory: Checkpoint folder.
         max_to_keep: Number of checkpoints kept (step and epoch ones together).
+        read_directory: Restore from this folder instead, without changing it (a
+            non-chief worker of a multi-worker run resumes from the chief's
+            checkpoints and saves into its own scratch folder); None: ``directory``.
 
     Example:
         >>> state = TrainingState(model, model.optimizer, run_dir / "checkpoints")
@@ -109,9 +112,11 @@ class TrainingState:
         optimizer: keras.optimizers.Optimizer,
         directory: Path,
         max_to_keep: int = 2,
+        read_directory: Path | None = None,
     ) -> None:
         self.max_to_keep = check_positive_int("max_to_keep", max_to_keep)
         self.directory = Path(directory)
+        self.read_directory = None if read_directory is None else Path(read_directory)
         self.model = model
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_steps")
@@ -153,21 +158,23 @@ class TrainingState:
         return int(self.epoch.numpy())
 
     # ------------------------------------------------------------ restore
-    def _listed(self) -> list[str] | None:
+    def _listed(self, directory: Path | None = None) -> list[str] | None:
         """Committed checkpoints, oldest first, from the index file; None if unreadable."""
-        state_file = self.directory / _STATE_FILE
+        directory = self.directory if directory is None else directory
+        state_file = directory / _STATE_FILE
         if not state_file.exists():
             return []
-        state = tf.train.get_checkpoint_state(str(self.directory))
+        state = tf.train.get_checkpoint_state(str(directory))
         if state is None:  # TensorFlow logs why (unparsable)
             return None
         paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-        return [str(self.directory / Path(p).name) for p in paths if p]
+        return [str(directory / Path(p).name) for p in paths if p]
 
-    def _found(self) -> list[str]:
+    def _found(self, directory: Path | None = None) -> list[str]:
         """Checkpoints present on disk, oldest first (when the index file is unreadable)."""
+        directory = self.directory if directory is None else directory
         numbered = []
-        for path in self.directory.glob(f"{PREFIX}-*.index"):
+        for path in directory.glob(f"{PREFIX}-*.index"):
             match = _NUMBERED.match(path.name)
             if match:
                 numbered.append((int(match.group(1)), str(path.with_suffix(""))))
@@ -214,6 +221,8 @@ class TrainingState:
             CheckpointError: Checkpoints exist but none of them can be read; the
                 message lists each one's problem and how to start over.
         """
+        if self.read_directory is not None and self.read_directory != self.directory:
+            return self._restore_from(self.read_directory)
         if not self.directory.is_dir():
             return Position()
         listed = self._listed()
@@ -254,6 +263,31 @@ class TrainingState:
                 Path(chosen).name,
                 self.directory / UNUSABLE,
             )
+        return self._restore_checkpoint(chosen)
+
+    def _restore_from(self, directory: Path) -> Position:
+        """Restore the newest whole checkpoint of another run's ``directory``, read only.
+
+        The same choice its owner makes (the newest listed one that reads in full), so
+        every worker of a multi-worker run resumes at the same position; the owner
+        tidies its folder itself.
+        """
+        if not directory.is_dir():
+            return Position()
+        listed = self._listed(directory) or self._found(directory)
+        for prefix in reversed(listed):
+            problem = verify_checkpoint(prefix)
+            if problem is None:
+                return self._restore_checkpoint(prefix)
+            log.warning("Checkpoint %s is unusable: %s", Path(prefix).name, problem)
+        if listed:
+            raise CheckpointError(
+                f"No usable checkpoint in {directory} to resume this worker from; the "
+                "chief reports why. Start over with trainer.resume=false on every worker."
+            )
+        return Position()
+
+    def _restore_checkpoint(self, chosen: str) -> Position:
         self._restore_status = self.checkpoint.restore(chosen)
         self.restored_from = chosen
         # Keras zeroes the metrics at each epoch start; a resumed epoch puts back the

@@ -21,8 +21,10 @@ restarts the epoch's data from its first batch).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from recsys.checks import (
 )
 from recsys.data.contract import InteractionData, TextData
 from recsys.distribute.strategy import uses_coordinator
+from recsys.distribute.workers import chief_run_dir
 from recsys.run import RunPaths, atomic_path, read_history, replace_directory
 from recsys.training.callbacks import (
     EpochMetrics,
@@ -179,6 +182,37 @@ class _EpochCheckpoints(TrainingCheckpoints):
     """
 
     on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
+
+
+class _AgreedCheckpoints(TrainingCheckpoints):
+    """:class:`TrainingCheckpoints` whose saves every worker of a multi-worker run makes together.
+
+    Under MultiWorkerMirroredStrategy a save reads synchronized variables (Keras
+    metrics) through collective operations every worker must join, so all workers
+    save at the same steps: epoch ends and every ``every_steps`` steps, not by time.
+    A stop signal (which may reach one worker only, or each at another step) is
+    honoured at the next epoch end, when the workers agree through one all-reduce.
+    """
+
+    def __init__(self, *args: Any, strategy: tf.distribute.Strategy, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.strategy = strategy
+
+    def _stop_within_epoch(self) -> bool:
+        return False
+
+    def _stop_signal_at_epoch_end(self) -> int | None:
+        own = super()._stop_signal_at_epoch_end()
+        if not _any_worker(self.strategy, own is not None):
+            return None
+        return own if own is not None else int(signal.SIGTERM)
+
+
+def _any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """Whether ``flag`` is true on any worker (one all-reduce; every worker must call it)."""
+    value = tf.constant(1.0 if flag else 0.0)
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+    return float(total.numpy()) > 0
 
 
 def _per_worker(make: Callable[[], tf.data.Dataset], batches: int | None, skip: int = 0) -> Any:
@@ -392,6 +426,16 @@ class Trainer:
         return not self.coordinated
 
     @property
+    def multi_worker(self) -> bool:
+        """Whether training runs on MultiWorkerMirroredStrategy (every worker runs the program)."""
+        return isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process keeps the run's files (False on a non-chief worker)."""
+        return not self.multi_worker or bool(self.strategy.extended.should_checkpoint)
+
+    @property
     def coordinated(self) -> bool:
         """Whether training runs through a ``ClusterCoordinator`` (ParameterServerStrategy)."""
         return uses_coordinator(self.strategy)
@@ -505,7 +549,12 @@ class Trainer:
             CheckpointError: The run directory holds checkpoints, none usable.
             TrainingInterrupted: A stop signal arrived; the checkpoint is saved.
         """
-        state = TrainingState(model, model.optimizer, run.checkpoints, self.checkpoint_max_to_keep)
+        # A non-chief worker saves into its scratch run directory, but resumes from the
+        # chief's checkpoints, as every worker must (see recsys.distribute.workers).
+        read_from = None if self.is_chief else RunPaths(chief_run_dir(run.root)).checkpoints
+        state = TrainingState(
+            model, model.optimizer, run.checkpoints, self.checkpoint_max_to_keep, read_from
+        )
         if self.resume:
             start = state.restore()
         else:
@@ -556,6 +605,17 @@ class Trainer:
             )
             start = Position(start.epoch)
         step_level = steps is not None and self.supports_step_checkpoints()
+        every_seconds = self.checkpoint_every_seconds if step_level else 0.0
+        if self.multi_worker and every_seconds:
+            log.info(
+                "Under MultiWorkerMirroredStrategy every worker saves at the same steps: "
+                "checkpoints at epoch ends%s, none by time (trainer.checkpoint_every_seconds); "
+                "a stop signal is honoured at the next epoch end.",
+                f" and every {self.checkpoint_every_steps} steps"
+                if self.checkpoint_every_steps
+                else "",
+            )
+            every_seconds = 0.0
         if not step_level and (self.checkpoint_every_steps or self.checkpoint_every_seconds):
             log.warning(
                 "Checkpoints are saved at epoch ends only in this run: %s.",
@@ -573,12 +633,17 @@ class Trainer:
             x, length = self._coordinated_input(model, data, start, steps, validation)
         else:
             x, length = _training_input(train_data, start, steps, self.epochs)
-        saver = (_EpochCheckpoints if self.coordinated else TrainingCheckpoints)(
+        saver_class: Callable[..., TrainingCheckpoints] = TrainingCheckpoints
+        if self.coordinated:
+            saver_class = _EpochCheckpoints
+        elif self.multi_worker:
+            saver_class = functools.partial(_AgreedCheckpoints, strategy=self.strategy)
+        saver = saver_class(
             state,
             steps_per_epoch=steps,
             start=start,
             every_steps=self.checkpoint_every_steps if step_level else 0,
-            every_seconds=self.checkpoint_every_seconds if step_level else 0.0,
+            every_seconds=every_seconds,
             stop=stop,
         )
         callbacks = [
@@ -670,8 +735,19 @@ class Trainer:
     def export_model(self, model: keras.Model, data: Any, run: RunPaths) -> None:
         """Write the model's SavedModel (``export/``) and, for item data, ``items.parquet``.
 
-        Does nothing when the trainer was built with ``export=False``.
+        Does nothing when the trainer was built with ``export=False``. Under
+        MultiWorkerMirroredStrategy every worker exports (saving reads synchronized
+        variables collectively; a non-chief into its scratch directory), then waits for
+        the others: the chief, which leads the cluster's coordination service, must not
+        leave while another worker still needs it.
         """
+        try:
+            self._export(model, data, run)
+        finally:
+            if self.multi_worker:
+                _any_worker(self.strategy, False)  # a barrier: every worker is done
+
+    def _export(self, model: keras.Model, data: Any, run: RunPaths) -> None:
         if not self.export:
             return
         # Written under a temporary name and renamed: a killed export leaves the old
