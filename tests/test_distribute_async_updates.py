@@ -10,6 +10,7 @@ row, ``"add"`` keeps every update (slow).
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ import threading
 import numpy as np
 import pytest
 
-from recsys._tf import tf
+from recsys._tf import keras, tf
 from recsys.optimizers import SparseAdam
 from tests.helpers.training import cli_env
 
@@ -161,6 +162,37 @@ result = {"mode": mode, "updates": updates, "hot": float(-values[3, 0]),
 json.dump(result, open(out, "w"))
 print(json.dumps(result))
 """
+
+
+def test_more_than_one_worker_switches_assign_to_add_and_says_so(caplog):
+    """The trainer calls this under PSS: with 2+ workers, "assign" becomes "add"."""
+    from recsys.distribute.parameter_server import updates_for_concurrent_workers
+
+    caplog.set_level(logging.INFO, logger="recsys.distribute.parameter_server")
+    one = SparseAdam(0.01)
+    assert updates_for_concurrent_workers(one, 1) == "unchanged"
+    assert one.sparse_update == "assign" and not caplog.records
+    two = SparseAdam(0.01)
+    assert updates_for_concurrent_workers(two, 2) == "switched"
+    assert two.sparse_update == "add" and two.get_config()["sparse_update"] == "add"
+    (record,) = caplog.records
+    assert "'assign' -> 'add' for 2 asynchronous workers" in record.getMessage()
+    # Already "add", or an optimizer without the setting: left alone, nothing logged.
+    assert updates_for_concurrent_workers(two, 3) == "unchanged"
+    assert updates_for_concurrent_workers(keras.optimizers.Adam(0.01), 2) == "unchanged"
+    assert len(caplog.records) == 1
+
+
+def test_16_bit_moments_cannot_switch_and_warn_that_updates_can_be_lost(caplog):
+    from recsys.distribute.parameter_server import updates_for_concurrent_workers
+
+    lean = SparseAdam(0.01, moment_dtype="bfloat16")
+    assert updates_for_concurrent_workers(lean, 2) == "unsafe"
+    assert lean.sparse_update == "assign"
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "can overwrite each other's updates" in record.getMessage()
+    with pytest.raises(ValueError, match=r"num_workers.*Received: num_workers=0"):
+        updates_for_concurrent_workers(lean, 0)
 
 
 @pytest.mark.slow

@@ -321,6 +321,10 @@ def test_front_door_with_two_workers_completes(tmp_path):
         argv, capture_output=True, text=True, timeout=CLUSTER_TIMEOUT, env=cli_env()
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    # Two asynchronous workers: SparseAdam writes its changes (no lost row updates).
+    assert "sparse_update 'assign' -> 'add' for 2 asynchronous workers" in (
+        run / "train.log"
+    ).read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 2
     assert np.all(np.isfinite(metrics["history"]["loss"]))

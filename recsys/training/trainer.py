@@ -237,6 +237,14 @@ def _per_worker(make: Callable[[], tf.data.Dataset], batches: int | None, skip: 
     return dataset_creator(batches_fn, repeat=False)
 
 
+def _num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Worker tasks of ``strategy``'s cluster (1 without one)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    return max(1, len(resolver.cluster_spec().as_dict().get("worker", [])))
+
+
 def _create_variables(model: keras.Model, data: Any) -> None:
     """Build ``model`` by calling it on one training batch inside a ``tf.function``.
 
@@ -467,10 +475,15 @@ class Trainer:
             if not self.coordinated:
                 model.compile(optimizer=optimizer_fn(), **options)
                 return model
-            from recsys.distribute.parameter_server import build_optimizer_slots
+            from recsys.distribute.parameter_server import (
+                build_optimizer_slots,
+                updates_for_concurrent_workers,
+            )
 
             _create_variables(model, data)
-            model.compile(optimizer=optimizer_fn(), **options)
+            optimizer = optimizer_fn()
+            updates_for_concurrent_workers(optimizer, _num_workers(self.strategy))
+            model.compile(optimizer=optimizer, **options)
             build_optimizer_slots(model.optimizer, model.trainable_variables)
         return model
 
