@@ -9,9 +9,14 @@ is its own (``os.wait4``):
 - ``pipeline``: the training pipeline alone, no model: rows per second from the
   Parquet files into shuffled batches (``train_dataset()``), wall and CPU time;
 - ``train``: ``python -m recsys.train +experiment=interactions`` on the same log,
-  limited to ``--train-steps`` steps, next to the bytes of the trained variables and
-  of the optimizer's slots (read from the run's checkpoint). Skipped, with the
-  reason, when the experiment is not there.
+  limited to ``--train-steps`` steps and evaluated on a 0.1% test split, next to the
+  bytes of the trained variables and of the optimizer's slots (read from the run's
+  checkpoint). The history table keeps each user's last ``--history-max-length``
+  items, so the model's per-user state is bounded by the users, not the rows.
+  Skipped, with the reason, when the experiment is not there;
+- ``steps``: the same model built on the training run's cache and timed step by step
+  (``--step-batches`` steps after the first, which traces the graph): wall and CPU
+  seconds per step (CPU: all of the process's threads).
 
 Several ``--rows`` sizes show whether peak memory depends on the number of rows.
 The machine is shared: CPU seconds are printed next to wall seconds (a wall time far
@@ -37,8 +42,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["main", "run"]
 
+# The training run's split and learning rate (the steps phase builds the same model).
+TEST_FRACTION = 0.001
+LEARNING_RATE = 0.003
 LOG_COLUMNS = {
     "rating_column": "rating",
     "timestamp_column": "timestamp",
@@ -70,14 +80,68 @@ def _measured(command: list[str], env: dict[str, str] | None = None) -> dict[str
         "wall_s": time.perf_counter() - start,
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "peak_rss_bytes": usage.ru_maxrss * 1024,  # Linux reports KiB
-        "result": json.loads(lines[-1]) if proc.returncode == 0 and lines else None,
+        "result": _json_line(lines) if proc.returncode == 0 else None,
         "stderr_tail": "" if proc.returncode == 0 else tail,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
+def _data_module(args: argparse.Namespace, **overrides: Any) -> Any:
+    from recsys.data.interactions import InteractionsDataModule
+
+    return InteractionsDataModule(
+        args.path, batch_size=args.batch_size, cache_dir=args.cache, **LOG_COLUMNS, **overrides
+    )
+
+
+def _steps(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the training run's model on its cache and time ``args.batches`` steps."""
+    start = time.perf_counter()
+    dm = _data_module(args, test_fraction=TEST_FRACTION).setup()
+    from recsys._tf import keras
+    from recsys.models import RetrievalModel
+    from recsys.optimizers import SparseAdam
+
+    model = RetrievalModel(
+        dm, item_features=None, user_features=None, history_max_length=args.history_max_length
+    )
+    model.compile(optimizer=SparseAdam(LEARNING_RATE))
+    build = time.perf_counter() - start
+    wall: list[float] = []
+    cpu: list[float] = []
+
+    class _Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            self.start = (time.perf_counter(), time.process_time())
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            wall.append(time.perf_counter() - self.start[0])
+            cpu.append(time.process_time() - self.start[1])
+
+    batches = dm.train_dataset().take(args.batches + 1)
+    model.fit(batches, epochs=1, verbose=0, callbacks=[_Timer()])
+    return {
+        "build_s": build,
+        "first_step_s": wall[0],
+        "steps": len(wall) - 1,
+        "step_s_median": float(np.median(wall[1:])),
+        "step_cpu_s_median": float(np.median(cpu[1:])),
+        "users": len(model.user_ids),
+        "items": len(model.item_ids),
+        "history_members": len(dm.recent_histories(args.history_max_length).members),
+    }
+
+
+def _json_line(lines: list[str]) -> Any:
+    """The last line parsed as JSON; None when it is not (e.g. ``recsys.train``'s log)."""
+    try:
+        return json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+
+
 def _worker(args: argparse.Namespace) -> dict[str, Any]:
-    """One phase, in this process (``--worker count|pipeline|variables``)."""
+    """One phase, in this process (``--worker count|pipeline|variables|steps``)."""
     if args.worker == "variables":
         from recsys._tf import tf
 
@@ -93,14 +157,9 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
                     count *= dim
                 sizes[key] += 4 * count
         return {"checkpoint": latest, **sizes}
-    from recsys.data.interactions import InteractionsDataModule
-
-    dm = InteractionsDataModule(
-        args.path,
-        batch_size=args.batch_size,
-        cache_dir=args.cache,
-        **LOG_COLUMNS,
-    )
+    if args.worker == "steps":
+        return _steps(args)
+    dm = _data_module(args)
     start = time.perf_counter()
     cpu = time.process_time()
     dm.setup()
@@ -167,7 +226,9 @@ def _experiment_exists() -> bool:
     return conf.is_file()
 
 
-def _train(log: Path, run_dir: Path, cache: Path, steps: int, batch_size: int) -> dict[str, Any]:
+def _train(
+    log: Path, run_dir: Path, cache: Path, steps: int, batch_size: int, history_max_length: int
+) -> dict[str, Any]:
     if not _experiment_exists():
         return {"skipped": "conf/experiment/interactions.yaml is not there yet (the model side)"}
     command = [
@@ -182,7 +243,7 @@ def _train(log: Path, run_dir: Path, cache: Path, steps: int, batch_size: int) -
         # exact top-k evaluation scores every test user against every item (1M users x
         # 200k items would take longer than the training steps). No export either:
         # what is measured is training's memory.
-        "data.test_fraction=0.001",
+        f"data.test_fraction={TEST_FRACTION}",
         "trainer.export=false",
         "trainer.tensorboard=false",
         # The synthetic log's columns (python -m recsys.data synth).
@@ -192,6 +253,8 @@ def _train(log: Path, run_dir: Path, cache: Path, steps: int, batch_size: int) -
         "data.timestamp_column=timestamp",
         "data.user_features={country: id}",
         "data.item_features={genres: multi_hot, title: text, price: numeric}",
+        f"model.history_max_length={history_max_length}",
+        f"optimizer.learning_rate={LEARNING_RATE}",
         "trainer.epochs=1",
         f"trainer.limit_train_batches={steps}",
         "trainer.limit_val_batches=10",
@@ -206,6 +269,11 @@ def _train(log: Path, run_dir: Path, cache: Path, steps: int, batch_size: int) -
         variables = [sys.executable, "-m", "recsys.benchmarks.ingest", "--worker", "variables"]
         sizes = _measured([*variables, "--path", str(run_dir / "checkpoints")])
         measured["state"] = sizes["result"]
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            metrics = {}
+        measured["metrics"] = {k: v for k, v in metrics.items() if k != "history"}
     return measured
 
 
@@ -219,6 +287,8 @@ def run(
     train_steps: int = 2000,
     skip_train: bool = False,
     keep: bool = False,
+    history_max_length: int = 20,
+    step_batches: int = 30,
 ) -> dict[str, Any]:
     """Measure every phase for every size; returns what :func:`main` prints."""
     work = Path(work_dir or Path(tempfile.gettempdir()) / "recsys-ingest")
@@ -242,7 +312,15 @@ def run(
                  "pipeline": pipeline}  # fmt: skip
         if not skip_train:
             train_cache = work / f"train-cache-{rows}"
-            entry["train"] = _train(log, work / f"run-{rows}", train_cache, train_steps, batch_size)
+            entry["train"] = _train(
+                log, work / f"run-{rows}", train_cache, train_steps, batch_size, history_max_length
+            )
+            if entry["train"].get("status") == 0 and step_batches:
+                steps = [sys.executable, "-m", "recsys.benchmarks.ingest", "--path", str(log),
+                         "--cache", str(train_cache), "--batch-size", str(batch_size),
+                         "--history-max-length", str(history_max_length),
+                         "--worker", "steps", "--batches", str(step_batches)]  # fmt: skip
+                entry["steps"] = _measured(steps, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
             if not keep:
                 shutil.rmtree(train_cache, ignore_errors=True)
         if not keep:
@@ -252,6 +330,7 @@ def run(
         "users": users,
         "items": items,
         "batch_size": batch_size,
+        "history_max_length": history_max_length,
         "results": results,
         "machine": {
             "python": platform.python_version(),
@@ -315,6 +394,21 @@ def _report(r: dict[str, Any]) -> str:
                 f"variables {_gib(state.get('variables', 0))}, optimizer slots "
                 f"{_gib(state.get('optimizer', 0))}; {train['cpu_s']:.0f} s CPU; load {_load(train)}"
             )
+        steps = entry.get("steps")
+        if steps is None:
+            continue
+        if steps["status"] != 0:
+            lines.append(f"  step timing: FAILED (exit {steps['status']})\n{steps['stderr_tail']}")
+        else:
+            res = steps["result"]
+            lines.append(
+                f"  step timing: {res['users']:,} users, {res['items']:,} items, "
+                f"{res['history_members']:,} history members; model built in "
+                f"{res['build_s']:.0f} s, first step (trace) {res['first_step_s']:.1f} s, then "
+                f"{res['step_s_median']:.2f} s wall / {res['step_cpu_s_median']:.2f} s CPU per "
+                f"step (median of {res['steps']}); peak RSS {_gib(steps['peak_rss_bytes'])}; "
+                f"load {_load(steps)}"
+            )
     return "\n".join(lines)
 
 
@@ -333,6 +427,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     )
     parser.add_argument("--train-steps", type=int, default=2000)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument(
+        "--history-max-length", type=int, default=20, help="items kept per user history"
+    )
+    parser.add_argument(
+        "--step-batches", type=int, default=30, help="steps timed after the training run (0: none)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the caches")
     parser.add_argument("--output", default="benchmarks_out/ingest.json")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -354,6 +454,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         args.train_steps,
         args.skip_train,
         args.keep,
+        args.history_max_length,
+        args.step_batches,
     )
     print(_report(result))
     if args.output:

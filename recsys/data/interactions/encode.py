@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,7 @@ class EncodedLog:
     Attributes:
         catalogue: Every item (any split), sorted, with the item features.
         users: Every user (any split), sorted, with the user features.
-        splits: ``{"train": ..., "val": ..., "test": ...}`` interactions, rows in log order.
+        splits: ``{split: interactions}`` of the splits asked for, rows in log order.
     """
 
     catalogue: Catalogue
@@ -97,8 +98,14 @@ def _split_maps(table: IdTable) -> list[tuple[np.ndarray, np.ndarray]]:
     return maps
 
 
-def encode_log(index: LogIndex) -> EncodedLog:
+def encode_log(index: LogIndex, keep: Sequence[str] = ("train", "val", "test")) -> EncodedLog:
     """Read every block once and build the contract's containers (see the module docstring).
+
+    Args:
+        index: The counted log.
+        keep: The splits whose rows are encoded (the catalogue and the user table are
+            always built): leaving the training split out keeps memory off the
+            number of training rows.
 
     Raises:
         LogError: A file changed since it was counted.
@@ -107,7 +114,8 @@ def encode_log(index: LogIndex) -> EncodedLog:
     columns = index.columns
     reader = BlockReader(index.blocks, columns)
     user_maps, item_maps = _split_maps(index.users), _split_maps(index.items)
-    sizes = [index.rows[s] for s in range(3)]
+    kept = [name in keep for name in ("train", "val", "test")]
+    sizes = [index.rows[s] if kept[s] else 0 for s in range(3)]
     user_index = [np.empty(n, np.int64) for n in sizes]
     item_index = [np.empty(n, np.int64) for n in sizes]
     ratings = [np.empty(n, np.float32) for n in sizes] if columns.rating else None
@@ -121,9 +129,16 @@ def encode_log(index: LogIndex) -> EncodedLog:
         rows = reader.read(block, features=with_features)
         source = index.blocks.sources[int(table["file"][block])]
         labels = index.labels(block)
+        first_row = int(table["first_row"][block])
+        user_first.add(rows, first_row)
+        item_first.add(rows, first_row)
+        if not any(kept[s] and int(index.blocks.split_rows(s)[block]) for s in range(3)):
+            continue
         users = index.users.codes(rows.column(USER), hash_strings(rows.column(USER)), source)
         items = index.items.codes(rows.column(ITEM), hash_strings(rows.column(ITEM)), source)
         for split in range(3):
+            if not kept[split]:
+                continue
             mask = labels == split
             n = int(mask.sum())
             if not n:
@@ -136,9 +151,6 @@ def encode_log(index: LogIndex) -> EncodedLog:
             if times is not None:
                 times[split][at] = rows.column(TIMESTAMP).to_numpy()[mask]
             cursor[split] += n
-        first_row = int(table["first_row"][block])
-        user_first.add(rows, first_row)
-        item_first.add(rows, first_row)
     splits = {
         name: Interactions(
             user_maps[s][0],
@@ -149,11 +161,12 @@ def encode_log(index: LogIndex) -> EncodedLog:
             None if times is None else times[s],
         )
         for s, name in enumerate(("train", "val", "test"))
+        if kept[s]
     }
     encoded = EncodedLog(
         Catalogue(index.items.sorted_ids, item_first.columns(columns.item_features, "item")),
         UserFeatures(index.users.sorted_ids, user_first.columns(columns.user_features, "user")),
         splits,
     )
-    log.info("Encoded %s rows in %.1f s", f"{index.rows.total:,}", time.perf_counter() - start)
+    log.info("Encoded %s rows in %.1f s", f"{sum(sizes):,}", time.perf_counter() - start)
     return encoded

@@ -9,8 +9,10 @@ spaces) for Parquet/CSV/TSV files of any size:
    every file), then run the counting pass once (validating every row, splitting,
    counting every id) and cache its index; later runs on the same files and
    settings reuse it. Writes the counted vocabularies as Parquet.
-2. The contract's containers (catalogue, user table, each split's rows, histories)
-   come from one encoding pass, run on first use.
+2. The contract's containers come from streaming passes, run on first use: the
+   catalogue, the user table and the evaluation splits' rows from one encoding
+   pass; per-user histories grouped on disk and memory-mapped. The training rows
+   are never held (only on explicit request: ``interactions("train")``).
 3. ``train_dataset()`` streams epochs from the files (bounded memory, deterministic
    for a seed, known length, can start at any batch); ``val_dataset()`` and
    ``test_dataset()`` batch the encoded splits.
@@ -39,7 +41,6 @@ from recsys.data.contract import (
     IdSpace,
     Interactions,
     UserFeatures,
-    merge_interactions,
 )
 from recsys.data.interactions.cache import cache_key
 from recsys.data.interactions.config import (
@@ -258,7 +259,14 @@ class InteractionsDataModule:
 
     @cached_property
     def _encoded(self) -> EncodedLog:
-        return encode_log(self._index)
+        # The catalogue, the user table and the evaluation splits. The training rows
+        # are not kept: training streams them from the files, and histories are
+        # grouped on disk (see histories()), so memory does not follow the log's size.
+        return encode_log(self._index, keep=("val", "test"))
+
+    @cached_property
+    def _train_rows(self) -> Interactions:
+        return encode_log(self._index, keep=("train",)).splits["train"]
 
     # --------------------------------------------------------------- contract
     @cached_property
@@ -285,19 +293,78 @@ class InteractionsDataModule:
         return self._encoded.users
 
     def interactions(self, split: str) -> Interactions:
-        """The rows of ``split``, in log order, dictionary-encoded."""
-        return self._encoded.splits[_check_split(split)]
+        """The rows of ``split``, in log order, dictionary-encoded.
+
+        The training split is encoded on first request only (a pass over the log;
+        about 28 bytes a row stay in memory): the models read the training rows
+        through :meth:`histories`, :meth:`recent_histories` and :meth:`item_counts`.
+        """
+        if _check_split(split) == "train":
+            return self._train_rows
+        return self._encoded.splits[split]
 
     def histories(self, splits: Sequence[str] = ("train",), by_time: bool = False) -> Histories:
-        """Per-user catalogue rows (and ratings) of ``splits``, by time if asked."""
-        splits = tuple(_check_split(s) for s in splits)
-        cache = self.__dict__.setdefault("_histories", {})
-        if (splits, by_time) not in cache:
-            rows = merge_interactions([self.interactions(s) for s in splits])
-            cache[splits, by_time] = Histories.from_interactions(
-                rows, self.catalogue(), by_time=by_time and rows.timestamps is not None
-            )
-        return cache[splits, by_time]
+        """Per-user catalogue rows (and ratings) of ``splits``, by time if asked.
+
+        Grouped on disk once (in the cache folder, bounded memory; see
+        :mod:`~recsys.data.interactions.histories`) and memory-mapped: only the bags
+        a reader touches (e.g. the test users' seen items) become resident.
+        """
+        return self._histories(splits, by_time, None)
+
+    def recent_histories(
+        self, max_length: int | None, splits: Sequence[str] = ("train",)
+    ) -> Histories:
+        """The last ``max_length`` rows of every user's :meth:`histories` by time, in memory.
+
+        By timestamp when the log has them, else in log order; None keeps every row.
+        Memory: at most ``max_length`` members a user, whatever the log's size (the
+        full histories are truncated on disk a slice at a time).
+
+        Example:
+            >>> dm.recent_histories(20).lengths().max() <= 20  # doctest: +SKIP
+            True
+        """
+        if max_length is not None:
+            check_positive_int("max_length", max_length)
+        return self._histories(splits, True, max_length, in_memory=True)
+
+    def _histories(
+        self,
+        splits: Sequence[str],
+        by_time: bool,
+        max_length: int | None,
+        in_memory: bool = False,
+    ) -> Histories:
+        from recsys.data.interactions import histories as disk
+
+        names = tuple(_check_split(s) for s in splits)
+        # Empty splits add nothing: ("train", "val") without validation rows is
+        # ("train",), grouped once.
+        names = tuple(s for s in names if self.split_rows(s)) or names
+        timed = self.columns.timestamp is not None
+        by_time = bool(by_time) and timed
+        cache = self.__dict__.setdefault("_histories_cache", {})
+        key = (names, by_time, max_length, in_memory)
+        if key not in cache:
+            codes = [SPLITS.index(s) for s in names]
+            root = self._index.folder / "histories"
+            full = root / f"{'+'.join(names)}-{'time' if by_time else 'log'}-all"
+            if not (full / disk.OFFSETS).is_file():
+                # Both orders from one pass over the log (evaluation reads one, the
+                # model's history table the other).
+                log_order = root / f"{'+'.join(names)}-log-all"
+                time_order = root / f"{'+'.join(names)}-time-all" if timed else None
+                disk.build_histories(self._index, codes, log_order, time_order)
+            folder = full
+            name = f"{'+'.join(names)}-{'time' if by_time else 'log'}"
+            if max_length is not None:
+                folder = root / f"{name}-last{max_length}"
+                if not (folder / disk.OFFSETS).is_file():
+                    disk.truncate_histories(full, folder, max_length)
+            keys = disk.histories_keys(self._index, codes)
+            cache[key] = disk.load_histories(folder, keys, in_memory=in_memory)
+        return cache[key]
 
     def feature_kinds(self) -> dict[str, dict[str, str]]:
         """``{"user": {column: kind}, "item": {column: kind}}`` as declared."""
