@@ -322,9 +322,10 @@ def test_front_door_with_two_workers_completes(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     # Two asynchronous workers: SparseAdam writes its changes (no lost row updates).
-    assert "sparse_update 'assign' -> 'add' for 2 asynchronous workers" in (
-        run / "train.log"
-    ).read_text()
+    assert (
+        "sparse_update 'assign' -> 'add' for 2 asynchronous workers"
+        in (run / "train.log").read_text()
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 2
     assert np.all(np.isfinite(metrics["history"]["loss"]))
@@ -334,3 +335,83 @@ def test_front_door_with_two_workers_completes(tmp_path):
         "ckpt-6.index",
     ]
     assert os.path.exists(run / "items.parquet")
+
+
+# The ranking model under PSS: trains through recsys.train.train on a loopback cluster,
+# counting whole-shard reads of its sharded tables while it evaluates.
+RANKING_CHIEF = """
+import json
+import sys
+from pathlib import Path
+
+from recsys import train as entry
+from recsys.training import trainer as trainer_module
+from tensorflow.python.distribute.sharded_variable import ShardedVariable
+from tensorflow.python.ops import resource_variable_ops
+from tests.helpers.training import compose_train
+
+run_dir, data_path, overrides = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+report = {"evaluate_reads": 0, "shards": []}
+shard_ids, evaluating = set(), [False]
+read = resource_variable_ops.BaseResourceVariable._read_variable_op
+
+
+def counting_read(self, *args, **kwargs):
+    if evaluating[0] and id(self) in shard_ids:
+        report["evaluate_reads"] += 1
+    return read(self, *args, **kwargs)
+
+
+resource_variable_ops.BaseResourceVariable._read_variable_op = counting_read
+evaluate = trainer_module.Trainer.evaluate
+
+
+def counted_evaluate(self, model, data):
+    tables = [v for layer in model._flatten_layers() for v in vars(layer).values()
+              if isinstance(v, ShardedVariable)]
+    shard_ids.update(id(s) for t in tables for s in t.variables)
+    report["shards"] = [[s.device for s in t.variables] for t in tables]
+    evaluating[0] = True
+    try:
+        return evaluate(self, model, data)
+    finally:
+        evaluating[0] = False
+
+
+trainer_module.Trainer.evaluate = counted_evaluate
+common = [*overrides, f"data.path={data_path}", f"data.data_dir={run_dir.parent / 'cache'}"]
+metrics, objects = entry.train(compose_train(common, run_dir=run_dir))
+report["metrics"] = metrics
+(run_dir.parent / "report.json").write_text(json.dumps(report))
+print("CHIEF OK")
+"""
+
+
+@pytest.mark.slow
+def test_ranking_model_under_pss_trains_and_evaluates_without_whole_table_reads(tmp_path):
+    """+experiment=movielens_ranking on 1 worker + 2 PS through recsys.train.train."""
+    chief = tmp_path / "chief.py"
+    chief.write_text(textwrap.dedent(RANKING_CHIEF))
+    data = write_tiny_movielens(tmp_path / "ml-100k")
+    overrides = [
+        "+experiment=movielens_ranking",
+        *[o for o in TINY if not o.startswith("+experiment=")],
+        "trainer.epochs=1",
+        "model.embedding_dim=8",
+    ]
+    argv = [sys.executable, "-m", "recsys.cluster", "local", "--ps", "2", "--workers", "1"]
+    argv += ["--log-dir", str(tmp_path / "logs"), "--", sys.executable, str(chief)]
+    argv += [str(tmp_path / "run"), str(data), *overrides]
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=CLUSTER_TIMEOUT,
+        env=cli_env(),
+        cwd=PROJECT_ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["shards"], "no sharded table: the test would prove nothing"
+    assert np.isfinite(report["metrics"]["test/rmse"])
+    assert report["evaluate_reads"] == 0, report

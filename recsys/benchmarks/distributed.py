@@ -79,6 +79,20 @@ def run_child(rows: int, dim: int, batch: int, steps: int, log_dir: str | None) 
     strategy = make_strategy("parameter_server" if clustered else "none")
     servers = _servers(log_dir)
     baseline = {"chief": _memory_mib()["VmRSS"]}
+    phases: list[dict[str, Any]] = []
+
+    def phase(name: str) -> None:
+        """This process's memory after ``name``: where the chief's gain comes from."""
+        memory = _memory_mib()
+        phases.append(
+            {
+                "phase": name,
+                "rss_gain_mib": round(memory["VmRSS"] - baseline["chief"], 1),
+                "peak_gain_mib": round(memory["VmHWM"] - baseline["chief"], 1),
+            }
+        )
+
+    phase("connected")
     baseline.update({s["role"]: _memory_mib(s["pid"])["VmRSS"] for s in servers})
 
     rng = np.random.default_rng(0)
@@ -95,6 +109,7 @@ def run_child(rows: int, dim: int, batch: int, steps: int, log_dir: str | None) 
         model = keras.Model(inputs, keras.layers.Dense(1)(pooled))
         model.compile(optimizer=SparseAdam(1e-3), loss="mse")
         build_optimizer_slots(model.optimizer, model.trainable_variables)
+    phase("built (model, optimizer slots)")
 
     class EpochTimer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -102,6 +117,7 @@ def run_child(rows: int, dim: int, batch: int, steps: int, log_dir: str | None) 
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             self.seconds = time.perf_counter() - self.start
+            phase(f"fit epoch {epoch + 1}")
 
     timer = EpochTimer()
     model.fit(
@@ -111,11 +127,14 @@ def run_child(rows: int, dim: int, batch: int, steps: int, log_dir: str | None) 
         callbacks=[timer],
         verbose=0,
     )
+    phase("fit returned")
     with tempfile.TemporaryDirectory() as folder:
         tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(f"{folder}/ckpt")
+    phase("checkpoint written")
     lookup = tf.function(lambda i: table(i))
     for start in range(0, min(rows, 100_000), 10_000):
         lookup(tf.range(start, start + 10_000)).numpy()
+    phase("rows looked up")
 
     processes = [{"role": "chief" if clustered else "process", **_peak("chief", baseline, "self")}]
     processes += [{"role": s["role"], **_peak(s["role"], baseline, s["pid"])} for s in servers]
@@ -129,6 +148,7 @@ def run_child(rows: int, dim: int, batch: int, steps: int, log_dir: str | None) 
         "shards": len(shards),
         "steps_per_second": steps / timer.seconds,
         "processes": processes,
+        "phases": phases,
     }
 
 
@@ -205,7 +225,17 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[str]:
                 f"bound 3 x table / P + one shard = {bound:,.0f} MiB: "
                 f"{'ok' if process['gain_mib'] <= bound else 'MISSED'}"
             )
-    return [*lines, "", *checks]
+    growth = []
+    for result in results:
+        if not result.get("phases"):
+            continue
+        steps = ", ".join(
+            f"{p['phase']} {p['rss_gain_mib']:+,.0f} (peak {p['peak_gain_mib']:+,.0f})"
+            for p in result["phases"]
+        )
+        who = "chief" if result["config"] != "single" else "process"
+        growth.append(f"phases of {result['config']}'s {who}, MiB over its baseline: {steps}")
+    return [*lines, "", *checks, "", *growth]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
