@@ -56,3 +56,16 @@ def test_bad_arguments_are_refused(capsys, argv, message):
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_summary_shows_where_the_chief_grew():
+    result = _result("1w2ps", [("chief", 60.0), ("ps 0", 100.0)])
+    result["phases"] = [
+        {"phase": "connected", "rss_gain_mib": 0.0, "peak_gain_mib": 0.0},
+        {"phase": "fit epoch 1", "rss_gain_mib": 42.4, "peak_gain_mib": 44.0},
+    ]
+    (line,) = [line for line in summarize([result]) if line.startswith("phases of")]
+    assert line == (
+        "phases of 1w2ps's chief, MiB over its baseline: connected +0 (peak +0), "
+        "fit epoch 1 +42 (peak +44)"
+    )
