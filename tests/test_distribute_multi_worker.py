@@ -262,3 +262,41 @@ def test_two_workers_through_recsys_train(tmp_path):
     assert "checkpoints/ckpt-6.index" in files_of(run)
     # Only the chief's lines in its log: worker 1 logged to its own (deleted) directory.
     assert "workertemp_1" not in (run / "train.log").read_text()
+
+
+# ------------------------------------------------------------------------ resuming from the chief's checkpoints
+
+
+def small_model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    model.fit(np.ones((4, 3)), np.zeros((4, 2)), epochs=1, verbose=0)
+    return model
+
+
+def test_a_worker_resumes_from_the_chiefs_checkpoints_without_touching_them(tmp_path):
+    from recsys.training.checkpoints import Position, TrainingState
+
+    chief_dir, scratch = tmp_path / "run" / "checkpoints", tmp_path / "run" / "workertemp_1"
+    chief = small_model()
+    state = TrainingState(chief, chief.optimizer, chief_dir)
+    state.save(Position(1, 0), number=3)
+    chief.fit(np.ones((4, 3)), np.zeros((4, 2)), epochs=1, verbose=0)
+    state.save(Position(2, 0), number=6)
+    # The newest checkpoint is damaged: the worker falls back to ckpt-3, as the chief
+    # would, but leaves the chief's folder to the chief (nothing moved or deleted).
+    data = next(chief_dir.glob("ckpt-6.data-*"))
+    data.write_bytes(data.read_bytes()[:-8])
+    before = {p.name: p.read_bytes() for p in chief_dir.iterdir()}
+
+    worker = small_model()
+    reader = TrainingState(
+        worker, worker.optimizer, scratch / "checkpoints", read_directory=chief_dir
+    )
+    assert reader.restore() == Position(1, 0)
+    assert reader.restored_from == str(chief_dir / "ckpt-3")
+    assert {p.name: p.read_bytes() for p in chief_dir.iterdir()} == before
+    assert not (scratch / "checkpoints").exists()
+    reader.save(Position(2, 0), number=6)  # its own saves go to its scratch folder
+    assert (scratch / "checkpoints" / "ckpt-6.index").exists()
+    assert {p.name for p in chief_dir.iterdir()} == set(before)
