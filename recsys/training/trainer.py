@@ -318,7 +318,13 @@ class Trainer:
             model's variables and the optimizer's slots are created on the parameter
             servers before a checkpoint is restored, each worker builds its own input
             pipeline, ``steps_per_epoch`` comes from the data, checkpoints are saved
-            at epoch ends, and ``verbose=1`` becomes 2.
+            at epoch ends, and ``verbose=1`` becomes 2; with more than one worker,
+            ``SparseAdam(sparse_update="assign")`` is switched to ``"add"``. Under
+            MultiWorkerMirroredStrategy every worker runs this trainer: a non-chief
+            resumes from the chief's checkpoints (its ``run`` is its scratch
+            directory, see :mod:`recsys.distribute.workers`), every worker saves at
+            epoch ends and every ``checkpoint_every_steps`` steps (none by time),
+            and stop signals are honoured at epoch ends, agreed by all workers.
         steps_per_execution: Training steps per ``tf.function`` call (``compile``'s
             argument; more than 1 saves round trips to remote workers).
         epoch_metrics: After each epoch, add the model's own validation metrics
