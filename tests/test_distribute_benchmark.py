@@ -69,3 +69,17 @@ def test_summary_shows_where_the_chief_grew():
         "phases of 1w2ps's chief, MiB over its baseline: connected +0 (peak +0), "
         "fit epoch 1 +42 (peak +44)"
     )
+
+
+def test_the_chiefs_gain_is_also_checked_after_its_first_remote_op():
+    from recsys.benchmarks.distributed import WARM_PHASE
+
+    result = _result("1w2ps", [("chief", 70.0), ("ps 0", 100.0)], table_mib=1000.0)
+    result["phases"] = [
+        {"phase": "connected", "rss_gain_mib": 0.0, "peak_gain_mib": 0.0},
+        {"phase": WARM_PHASE, "rss_gain_mib": 42.0, "peak_gain_mib": 42.0},
+    ]
+    checks = [line for line in summarize([result]) if line.startswith("1w2ps: chief")]
+    assert checks[0].endswith("7.0% of the table (1,000 MiB); target < 5%: MISSED")
+    assert "one-time start, +42 MiB) 28 MiB = 2.8% of the table" in checks[1]
+    assert checks[1].endswith("ok")
