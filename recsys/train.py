@@ -267,6 +267,8 @@ def _build(cfg: DictConfig, run: RunPaths, stop: StopSignals) -> tuple[Any, Any,
     stop.phase = "connecting to the cluster"
     if not multi_worker:
         strategy = strategy_fn()
+    else:
+        stop.reinstall()  # the strategy's coordination service took over SIGTERM
     trainer = _read("trainer", cfg, instantiate)(
         cfg.trainer, strategy=strategy, steps_per_execution=distribute["steps_per_execution"]
     )

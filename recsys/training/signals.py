@@ -68,6 +68,16 @@ class StopSignals:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def reinstall(self) -> None:
+        """Install the handlers again (inside the context; a no-op outside it).
+
+        TensorFlow's coordination service, which MultiWorkerMirroredStrategy starts,
+        installs its own SIGTERM handler (a preemption notifier) at the C level, so a
+        SIGTERM would no longer reach this one: call this after creating the strategy.
+        """
+        for signum in self._previous:
+            signal.signal(signum, self._handle)
+
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
