@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
 from recsys._tf import keras, tf
+from recsys.data.contract import Catalogue, Histories, InteractionData
 
-__all__ = ["FeatureStore", "PairIndex", "feature_spec", "id_spec", "side_features"]
+__all__ = [
+    "FeatureStore",
+    "PairIndex",
+    "TrainingRowsData",
+    "feature_spec",
+    "id_spec",
+    "side_features",
+    "training_histories",
+    "training_item_counts",
+]
 
 
 @keras.saving.register_keras_serializable(package="recsys")
@@ -51,8 +61,14 @@ class FeatureStore(keras.layers.Layer):
         self, keys: Sequence[Any], columns: Mapping[str, Sequence[Any]], **kwargs: Any
     ) -> None:
         super().__init__(trainable=False, **kwargs)
-        self.keys = [str(k) for k in keys]
-        if len(set(self.keys)) != len(self.keys):
+        # A NumPy array, not a list: Keras tracks a list attribute as a ListWrapper and
+        # walks every element whenever it looks for sublayers (each `trainable_weights`
+        # while tracing), which took minutes with a million user ids.
+        self.keys = np.asarray(keys, dtype=object)
+        if len(self.keys) and pd.api.types.infer_dtype(self.keys, skipna=False) != "string":
+            # Not all Python str (e.g. numbers): convert. Str keys are shared, not copied.
+            self.keys = np.asarray(pd.Series(self.keys, dtype=object).astype(str))
+        if not pd.Index(self.keys).is_unique:
             raise ValueError(f"`keys` must be unique. Received {len(self.keys)} keys with repeats.")
         self._tables: dict[str, Any] = {}
         self.built = True  # no weights to build; lookups may bypass __call__ (index/gather)
@@ -166,14 +182,25 @@ class PairIndex:
     ) -> None:
         members = np.asarray(members, dtype=np.int64)
         self.base = int(base if base is not None else (members.max(initial=0) + 1))
-        owners = np.repeat(np.arange(1, len(offsets), dtype=np.int64), np.diff(offsets))
-        keys = owners * self.base + members
-        order = np.argsort(keys, kind="stable")
-        self._keys = tf.constant(np.concatenate([keys[order], [np.iinfo(np.int64).max]]))
+        # One array of len(members) + 1 keys built and sorted in place (plus the sort's
+        # order only when weights follow): with tens of millions of pairs, each
+        # temporary copy is hundreds of MB.
+        n = len(members)
+        keys = np.empty(n + 1, dtype=np.int64)
+        keys[n] = np.iinfo(np.int64).max
+        keys[:n] = np.repeat(np.arange(1, len(offsets), dtype=np.int64), np.diff(offsets))
+        keys[:n] *= self.base
+        keys[:n] += members
         self._weights = None
-        if weights is not None:
-            sorted_weights = np.asarray(weights, dtype=np.float32)[order]
-            self._weights = tf.constant(np.concatenate([sorted_weights, [0.0]]).astype(np.float32))
+        if weights is None:
+            keys[:n].sort()
+        else:
+            order = np.argsort(keys[:n], kind="stable")
+            keys[:n] = keys[:n][order]
+            sorted_weights = np.zeros(n + 1, dtype=np.float32)
+            sorted_weights[:n] = np.asarray(weights, dtype=np.float32)[order]
+            self._weights = tf.constant(sorted_weights)
+        self._keys = tf.constant(keys)
 
     def _find(self, owners: Any, members: Any) -> tuple[Any, Any]:
         query = tf.cast(owners, tf.int64) * self.base + tf.cast(members, tf.int64)
@@ -281,3 +308,71 @@ def side_features(
             f"(data.{where}_features: {{name: id|multi_hot|text|numeric}})."
         )
     return {n: columns[n] for n in names}
+
+
+@runtime_checkable
+class TrainingRowsData(Protocol):
+    """Optional, next to :class:`~recsys.data.InteractionData`: training-row summaries.
+
+    A data module whose training rows are too many to hold (``data=interactions``
+    streams them) gives the models what they need of them directly: each user's most
+    recent items, grouped without loading the rows, and each item's training count
+    from its counting pass. Models check ``isinstance(data, TrainingRowsData)`` and
+    otherwise derive both from ``data.interactions("train")``.
+    """
+
+    def recent_histories(
+        self, max_length: int | None, splits: Sequence[str] = ("train",)
+    ) -> Histories:
+        """The last ``max_length`` of each user's rows of ``splits`` (by time if known)."""
+
+    def item_counts(self, split: str = "train") -> np.ndarray:
+        """Rows of ``split`` of every catalogue item, aligned with ``catalogue().ids``."""
+
+
+def training_histories(
+    data: InteractionData, users: np.ndarray, max_length: int | None = None
+) -> Histories:
+    """Each of ``users``' training items (catalogue rows), by time when known, the last
+    ``max_length`` (all for None).
+
+    Example:
+        >>> h = training_histories(data, vocabulary(data.user_vocabulary), 20)  # doctest: +SKIP
+        >>> int(h.lengths().max()) <= 20  # doctest: +SKIP
+        True
+
+    Args:
+        data: The data module; a :class:`TrainingRowsData` one groups the rows itself.
+        users: The keys, sorted and unique (the model's training users).
+        max_length: Most recent items kept per user, or None.
+    """
+    if isinstance(data, TrainingRowsData):
+        histories = data.recent_histories(max_length)
+        if not np.array_equal(histories.keys, users):
+            owner, members = histories.select(users)
+            counts = np.bincount(owner, minlength=len(users))
+            histories = Histories(
+                users, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), members
+            )
+        return histories
+    train = data.interactions("train")
+    return Histories.from_interactions(
+        train, data.catalogue(), users=users, by_time=train.timestamps is not None
+    ).truncate(max_length)
+
+
+def training_item_counts(data: InteractionData, catalogue: Catalogue) -> np.ndarray:
+    """Training rows of every item of ``catalogue`` (int64, aligned with its ids).
+
+    Example:
+        >>> training_item_counts(data, data.catalogue()).sum() == len(  # doctest: +SKIP
+        ...     data.interactions("train"))
+        True
+    """
+    if isinstance(data, TrainingRowsData):
+        counts = np.asarray(data.item_counts("train"), dtype=np.int64)
+        if len(counts) == len(catalogue):
+            return counts
+    train = data.interactions("train")
+    rows = catalogue.rows(train.items)[train.item_index]
+    return np.bincount(rows[rows >= 0], minlength=len(catalogue)).astype(np.int64)

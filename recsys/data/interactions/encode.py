@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recsys.data.contract import Catalogue, Interactions, UserFeatures
 from recsys.data.interactions.config import (
@@ -84,7 +85,12 @@ class _FirstRows:
             elif kind == "numeric":
                 out[name] = column.to_numpy().astype(np.float64)
             else:
-                out[name] = np.asarray(column.to_numpy(), dtype=object)
+                # Through a dictionary: one Python str per distinct value, not per id (a
+                # million users of a few countries would otherwise hold a million strs).
+                encoded = pc.dictionary_encode(column).combine_chunks()
+                values = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
+                codes = encoded.indices.to_numpy(zero_copy_only=False)
+                out[name] = values[codes] if len(values) else np.full(len(codes), "", object)
         return out
 
 

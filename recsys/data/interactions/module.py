@@ -344,8 +344,12 @@ class InteractionsDataModule:
         names = tuple(s for s in names if self.split_rows(s)) or names
         timed = self.columns.timestamp is not None
         by_time = bool(by_time) and timed
-        cache = self.__dict__.setdefault("_histories_cache", {})
-        key = (names, by_time, max_length, in_memory)
+        # Memory-mapped histories are kept (their pages are the page cache's); ones read
+        # into memory are the caller's, so that they go when the caller is done.
+        cache: dict[Any, Histories] = (
+            {} if in_memory else self.__dict__.setdefault("_histories_cache", {})
+        )
+        key = (names, by_time, max_length)
         if key not in cache:
             codes = [SPLITS.index(s) for s in names]
             root = self._index.folder / "histories"
