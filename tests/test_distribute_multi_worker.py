@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -187,6 +188,21 @@ class DumpWeights(keras.callbacks.Callback):
         )
 
 
+class SignalOneWorker(keras.callbacks.Callback):
+    """Test-only: SIGTERM to this process after one training batch, on one worker only."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self.sent = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        me = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+        if me == self.index and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 TINY = (
     "+experiment=movielens",
     "data.batch_size=64",
@@ -262,6 +278,31 @@ def test_two_workers_through_recsys_train(tmp_path):
     assert "checkpoints/ckpt-6.index" in files_of(run)
     # Only the chief's lines in its log: worker 1 logged to its own (deleted) directory.
     assert "workertemp_1" not in (run / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_worker_stops_every_worker_at_the_epoch_end(tmp_path):
+    """SIGTERM reaches worker 1 only, in epoch 1 of 2: the workers agree at the epoch
+    end, both save ckpt-3 and stop; the chief records an interrupted run."""
+    data = write_tiny_movielens(tmp_path / "ml-100k")
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "recsys.cluster", "local", "--mode", "multi_worker"]
+    argv += ["--workers", "2", "--log-dir", str(tmp_path / "logs"), "--"]
+    argv += [sys.executable, "-m", "recsys.train", *TINY, "distribute=multi_worker"]
+    argv += [f"data.path={data}", f"data.data_dir={tmp_path / 'cache'}", "trainer.epochs=2"]
+    argv += ["trainer.checkpoint_every_steps=0"]
+    argv += [f"trainer.callbacks=[{{_target_:{__name__}.SignalOneWorker,index:1}}]"]
+    argv += [f"hydra.run.dir={run}"]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=CLUSTER_TIMEOUT, env=cli_env()
+    )
+    # Both exit 128 + SIGTERM; which one the launcher sees first decides its status.
+    assert done.returncode in (128 + signal.SIGTERM, EXIT_CLUSTER_FAILURE), done.stderr[-5000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["interrupted"]["epoch"] == 1
+    assert sorted(p.name for p in (run / "checkpoints").glob("ckpt-*.index")) == ["ckpt-3.index"]
+    assert "at the end of epoch 1" in (tmp_path / "logs" / "worker-1.log").read_text()
+    assert not list(run.glob("workertemp_*"))
 
 
 # ------------------------------------------------------------------------ resuming from the chief's checkpoints
