@@ -7,6 +7,10 @@ One module per job; importing this package does not import TensorFlow:
 * :mod:`~recsys.distribute.server`: one worker or ps server (``recsys.cluster serve``);
 * :mod:`~recsys.distribute.local_cluster`: a loopback cluster around a command
   (``recsys.cluster local``);
+* :mod:`~recsys.distribute.local_workers`: a loopback cluster of workers that each
+  run the command (``recsys.cluster local --mode multi_worker``);
+* :mod:`~recsys.distribute.workers`: who writes what under MultiWorkerMirroredStrategy
+  (the chief; the others' scratch directories);
 * :mod:`~recsys.distribute.strategy`: :func:`make_strategy` (imports TensorFlow when
   called, after checking TF_CONFIG);
 * :mod:`~recsys.distribute.parameter_server` (imports TensorFlow; loaded on first
