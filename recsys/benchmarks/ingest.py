@@ -119,7 +119,9 @@ def _steps(args: argparse.Namespace) -> dict[str, Any]:
             cpu.append(time.process_time() - self.start[1])
 
     batches = dm.train_dataset().take(args.batches + 1)
-    model.fit(batches, epochs=1, verbose=0, callbacks=[_Timer()])
+    # verbose=2 as recsys.train off a terminal: Keras's progress logger then runs after
+    # every batch (and walks the model's layers each time), as in the training run.
+    model.fit(batches, epochs=1, verbose=2, callbacks=[_Timer()])
     return {
         "build_s": build,
         "first_step_s": wall[0],
