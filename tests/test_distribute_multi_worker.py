@@ -341,3 +341,32 @@ def test_a_worker_resumes_from_the_chiefs_checkpoints_without_touching_them(tmp_
     reader.save(Position(2, 0), number=6)  # its own saves go to its scratch folder
     assert (scratch / "checkpoints" / "ckpt-6.index").exists()
     assert {p.name for p in chief_dir.iterdir()} == set(before)
+
+
+def test_agreed_checkpoints_stop_at_the_epoch_end_not_mid_epoch(tmp_path):
+    """The saver every multi-worker run uses: a stop request waits for the epoch end,
+    where the workers' flags are summed (here one worker: the default strategy)."""
+    from recsys._tf import tf
+    from recsys.training.checkpoints import TrainingState
+    from recsys.training.errors import TrainingInterrupted
+    from recsys.training.signals import StopSignals
+    from recsys.training.trainer import _AgreedCheckpoints, _any_worker
+
+    strategy = tf.distribute.get_strategy()
+    assert _any_worker(strategy, True) and not _any_worker(strategy, False)
+    model = small_model()
+    state = TrainingState(model, model.optimizer, tmp_path / "checkpoints")
+    stop = StopSignals()
+    saver = _AgreedCheckpoints(
+        state, steps_per_epoch=3, every_steps=2, stop=stop, strategy=strategy
+    )
+    saver.set_model(model)
+    saver.on_train_begin()
+    saver.on_epoch_begin(0)
+    saver.on_train_batch_end(0)
+    stop.signum = signal.SIGTERM  # what the handler records
+    saver.on_train_batch_end(1)  # due by steps: saves, but does not stop mid-epoch
+    assert [p.rsplit("/", 1)[1] for p in saver.saved] == ["ckpt-2"]
+    with pytest.raises(TrainingInterrupted, match="end of epoch 1"):
+        saver.on_epoch_end(0)
+    assert [p.rsplit("/", 1)[1] for p in saver.saved] == ["ckpt-2", "ckpt-3"]
