@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from recsys._tf import keras, tf
+from recsys._tf import keras, no_autograph, tf
 from recsys.checks import check_fraction, check_positive_int
 from recsys.layers import Embedding
 
@@ -40,9 +40,18 @@ BAG_KEYS = ("ids", "weights", "bag_index", "leave_out", "leave_out_weight")
 _PUNCTUATION = r"[!\"#$%&()\*\+,\-\./:;<=>?@\[\\\]\^_`{|}~']"
 
 
-def _strings_or_none(values: Any) -> list[str] | None:
-    """A vocabulary as a list of strings (what configs store), or None."""
-    return None if values is None else [str(v) for v in values]
+def _strings_or_none(values: Any) -> tuple[str, ...] | None:
+    """A vocabulary as a tuple of strings, or None (configs give it back as a list).
+
+    A tuple because a layer attribute holding a list becomes a tracked `ListWrapper`,
+    and Keras walks every element of tracked lists whenever it lists a model's layers
+    or metrics, which its progress bar does after every batch: with vocabularies of
+    ids that walk grew with the number of users and items.
+    """
+    return None if values is None else tuple(str(v) for v in values)
+
+
+_LONG_VALUES = ("vocabulary", "boundaries")
 
 
 def _plain(value: Any) -> Any:
@@ -186,7 +195,7 @@ class FeatureEmbedding(keras.layers.Layer):
                     raise ValueError("`vocabulary` holds duplicate values.")
                 # Row 0: out of vocabulary. "" is padding, never a value.
                 self._lookup = keras.layers.StringLookup(
-                    vocabulary=[v for v in self.vocabulary if v != ""],
+                    vocabulary=tuple(v for v in self.vocabulary if v != ""),
                     num_oov_indices=self.oov_buckets,
                     mask_token=None,
                     name="lookup",
@@ -255,6 +264,7 @@ class FeatureEmbedding(keras.layers.Layer):
             return values.with_flat_values(self._lookup(values.flat_values))
         return self._lookup(values)
 
+    @no_autograph
     def call(self, inputs: Any) -> Any:
         if isinstance(inputs, Mapping):
             unknown = set(inputs) - set(BAG_KEYS)
@@ -304,7 +314,7 @@ class FeatureEmbedding(keras.layers.Layer):
             element of every example's bag, as if each example had its own bag.
         """
         flat = indices.flat_values
-        segments = indices.value_rowids()
+        segments = _row_ids(indices)
         num_bags = indices.nrows()
         if leave_out is not None:
             # Only the examples that leave a row out look it up (no spurious rows).
@@ -364,7 +374,7 @@ class FeatureEmbedding(keras.layers.Layer):
         config.update(
             kind=self.kind,
             embedding_dim=self.embedding_dim,
-            vocabulary=self.vocabulary,
+            vocabulary=None if self.vocabulary is None else list(self.vocabulary),
             num_bins=self.num_bins,
             num_rows=self.num_rows_given,
             boundaries=self.boundaries,
@@ -375,6 +385,20 @@ class FeatureEmbedding(keras.layers.Layer):
             salts=self.salts,
         )
         return config
+
+
+def _row_ids(ragged: Any) -> Any:
+    """The row of each flat value of a ragged tensor: a cumulative sum of row starts.
+
+    `RaggedTensor.value_rowids` computes it with a `repeat` (tile and mask) when the
+    tensor was built from row splits, as a gathered history is; this costs one
+    scatter and one cumsum over the flat values.
+    """
+    splits = ragged.row_splits
+    n = tf.shape(ragged.flat_values, out_type=splits.dtype)[0]
+    starts = splits[1:-1]  # where rows 1.. begin; an empty row repeats its neighbour's
+    marks = tf.scatter_nd(starts[:, None], tf.ones_like(starts), tf.reshape(n + 1, [1]))
+    return tf.math.cumsum(marks[:n])
 
 
 def _squeeze_last(inputs: Any) -> Any:
@@ -445,7 +469,14 @@ class Tower(keras.Model):
                 f"`combiner` must be one of {COMBINERS}. Received: combiner={combiner!r}"
             )
         check_fraction("dropout", dropout, allow_zero=True)
-        self.feature_configs = {str(name): dict(spec) for name, spec in features.items()}
+        # Vocabularies and boundaries as tuples: not tracked, see `_strings_or_none`.
+        self.feature_configs = {
+            str(name): {
+                key: tuple(value) if key in _LONG_VALUES and isinstance(value, list) else value
+                for key, value in spec.items()
+            }
+            for name, spec in features.items()
+        }
         self.hidden_units = [check_positive_int("hidden_units", u) for u in hidden_units]
         self.output_dim = (
             None if output_dim is None else check_positive_int("output_dim", output_dim)
@@ -484,6 +515,7 @@ class Tower(keras.Model):
             )
         return [embedder(inputs[name]) for name, embedder in self.embedders.items()]
 
+    @no_autograph
     def call(self, inputs: Mapping[str, Any], training: bool | None = None) -> Any:
         embeddings = self.embed(inputs)
         if len(embeddings) == 1:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys._tf import keras, tf
+from recsys._tf import keras, no_autograph, tf
 
 _warned_about_regularizer = False
 
@@ -143,6 +143,7 @@ class Embedding(keras.layers.Embedding):
         )
         self.built = True
 
+    @no_autograph
     def call(self, inputs: Any) -> Any:
         if isinstance(inputs, tf.RaggedTensor):
             return inputs.with_flat_values(self.call(inputs.flat_values))

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from recsys._tf import keras, tf
+from recsys._tf import keras, no_autograph, tf
 from recsys.data.contract import Catalogue, Histories, InteractionData
 
 __all__ = [
@@ -141,6 +141,7 @@ class FeatureStore(keras.layers.Layer):
         """The features of the rows `index` (see :meth:`index`)."""
         return {name: tf.gather(table, index) for name, table in self._tables.items()}
 
+    @no_autograph
     def call(self, keys: Any) -> dict[str, Any]:
         return self.gather(self.index(keys))
 

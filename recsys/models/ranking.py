@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow_recommenders as tfrs
 
 from recsys import evaluation
-from recsys._tf import keras, tf
+from recsys._tf import keras, no_autograph, tf
 from recsys.checks import check_choice, check_nonnegative, check_positive_int
 from recsys.data.contract import Histories, InteractionData, positions
 from recsys.data.vocabulary import vocabulary
@@ -156,10 +156,10 @@ class RankingModel(tfrs.Model):
             user_features["rated_history"] = {**history_table, "pooling": history_pooling}
         self.user_tower = Tower(user_features, combiner="sum", name="user_tower")
         self._item_lookup = keras.layers.StringLookup(
-            vocabulary=list(self.item_ids), num_oov_indices=1, mask_token=None
+            vocabulary=np.asarray(self.item_ids), num_oov_indices=1, mask_token=None
         )
         self._user_lookup = keras.layers.StringLookup(
-            vocabulary=list(self.user_ids), num_oov_indices=1, mask_token=None
+            vocabulary=np.asarray(self.user_ids), num_oov_indices=1, mask_token=None
         )
         item_features: dict[str, dict[str, Any]] = {
             "item_id": {"kind": "id", "vocabulary": list(self.item_ids), **table}
@@ -255,6 +255,7 @@ class RankingModel(tfrs.Model):
             features["rated_by"] = rated_by
         return features
 
+    @no_autograph
     def call(self, features: dict[str, Any], training: bool | None = None) -> Any:
         """Unclipped predicted ratings, `[batch]`."""
         user_ids = tf.reshape(features["user_id"], [-1])

@@ -10,9 +10,9 @@ import numpy as np
 import tensorflow_recommenders as tfrs
 
 from recsys import evaluation
-from recsys._tf import keras, tf
+from recsys._tf import keras, no_autograph, tf
 from recsys.checks import check_choice, check_nonnegative, check_positive, check_positive_int
-from recsys.data.contract import FeatureData, Histories, InteractionData, positions
+from recsys.data.contract import FeatureData, InteractionData, positions
 from recsys.data.vocabulary import vocabulary
 from recsys.models._common import check_eval_split, seen_splits
 from recsys.models.features import (
@@ -22,7 +22,10 @@ from recsys.models.features import (
     feature_spec,
     id_spec,
     side_features,
+    training_histories,
+    training_item_counts,
 )
+from recsys.models.sampling import BagSampler
 from recsys.towers import Tower
 
 __all__ = ["RetrievalModel"]
@@ -70,6 +73,14 @@ class RetrievalModel(tfrs.Model):
         history_max_length: Keep each user's most recent items only (by timestamp,
             when the data has them), or None for the whole history. Long histories cost
             training time in proportion to their length.
+        history_sample_size: During training, pool about this many items of each
+            longer history, a new sample at every step (see
+            :class:`recsys.models.sampling.BagSampler`); None pools whole histories.
+            Bounds the step's pooling cost on data with long histories; evaluation,
+            export and serving pool whole histories. With ``"mean"`` pooling the
+            sample's mean estimates the whole history's; with ``"sqrtn"`` or ``"sum"``
+            the sample's vector is shorter, which L2-normalized towers whose only
+            feature is the history do not see.
         item_features: Catalogue columns the item tower embeds besides the id (None:
             all of them). Their kinds come from the data (`FeatureData`), or are
             MovieLens's: ``genres`` multi-hot, ``year`` numeric (bucketized at its
@@ -101,6 +112,7 @@ class RetrievalModel(tfrs.Model):
         history_pooling: str = "sqrtn",
         exclude_target_from_history: bool = True,
         history_max_length: int | None = None,
+        history_sample_size: int | None = None,
         item_features: Sequence[str] | None = ("genres", "year"),
         user_features: Sequence[str] | None = None,
         temperature: float = 0.3,
@@ -117,6 +129,9 @@ class RetrievalModel(tfrs.Model):
         check_positive_int("top_k", top_k)
         if history_max_length is not None:
             check_positive_int("history_max_length", history_max_length)
+        self._history_sampler = None
+        if history_sample_size is not None and use_history:
+            self._history_sampler = BagSampler(history_sample_size)
         check_choice("history_pooling", history_pooling, ("mean", "sum", "sqrtn"))
         if not (use_user_id or use_history):
             raise ValueError(
@@ -133,14 +148,11 @@ class RetrievalModel(tfrs.Model):
         self.user_ids = vocabulary(data.user_vocabulary)
         catalogue = data.catalogue()
         self.item_ids = catalogue.ids
-        train = data.interactions("train")
         user_columns: dict[str, Any] = {}
         if use_history:
             # Histories are kept as rows of the history table (catalogue row + 1; row 0
             # is for unknown items), so training compares integers, not strings.
-            histories = Histories.from_interactions(
-                train, catalogue, users=self.user_ids, by_time=train.timestamps is not None
-            ).truncate(history_max_length)
+            histories = training_histories(data, self.user_ids, history_max_length)
             rows = histories.members + 1
             user_columns["history"] = tf.RaggedTensor.from_row_splits(rows, histories.offsets)
             self._history_pairs = PairIndex(histories.offsets, rows, base=len(self.item_ids) + 1)
@@ -191,12 +203,11 @@ class RetrievalModel(tfrs.Model):
             item_specs[name] = {**feature_spec(kinds["item"][name], values), **common}
         self.user_tower = Tower(user_specs, name="user_tower", **tower)
         self.item_tower = Tower(item_specs, name="item_tower", **tower)
-        train_rows = catalogue.rows(train.items)[train.item_index]
-        counts = np.bincount(train_rows[train_rows >= 0], minlength=len(self.item_ids))
+        counts = training_item_counts(data, catalogue)
         self.train_counts = counts
         probability = np.maximum(counts, 0.5) / max(float(counts.sum()), 1.0)
         self._item_lookup = keras.layers.StringLookup(
-            vocabulary=list(self.item_ids), num_oov_indices=1, mask_token=None
+            vocabulary=self.item_ids, num_oov_indices=1, mask_token=None
         )
         self._sampling_probability = tf.constant(
             np.concatenate([[probability.min()], probability]).astype("float32")
@@ -214,6 +225,7 @@ class RetrievalModel(tfrs.Model):
             "history_pooling": history_pooling,
             "exclude_target_from_history": exclude_target_from_history,
             "history_max_length": history_max_length,
+            "history_sample_size": history_sample_size,
             "item_features": None if item_features is None else list(item_features),
             "user_features": None if user_features is None else list(user_features),
             "temperature": temperature,
@@ -226,12 +238,15 @@ class RetrievalModel(tfrs.Model):
         }
 
     # ----------------------------------------------------------------- towers
-    def user_features(self, user_ids: Any, exclude_items: Any = None) -> dict[str, Any]:
+    def user_features(
+        self, user_ids: Any, exclude_items: Any = None, step: Any = None
+    ) -> dict[str, Any]:
         """The user tower's inputs for `user_ids` (histories without `exclude_items`).
 
         Each distinct user's history is given once (``bag_index`` says which one an
         example uses) and the item to leave out as a row, so pooling costs the distinct
-        users' histories, not one copy per example.
+        users' histories, not one copy per example. With a `step` (training) and
+        `history_sample_size`, each history is that step's sample.
         """
         user_ids = tf.reshape(user_ids, [-1])
         features: dict[str, Any] = {"user_id": user_ids}
@@ -241,10 +256,17 @@ class RetrievalModel(tfrs.Model):
             return features
         index = self.user_store.index(user_ids)
         distinct, bag = tf.unique(index)
-        history = {"ids": self.user_store.gather(distinct)["history"], "bag_index": bag}
+        bags = self.user_store.gather(distinct)["history"]
+        sampler = self._history_sampler if step is not None else None
+        if sampler is not None:
+            lengths = tf.gather(bags.row_lengths(), bag)  # each example's whole history
+            bags = sampler.sample(bags, distinct, step)
+        history = {"ids": bags, "bag_index": bag}
         if exclude_items is not None:
             items = self._item_lookup(tf.reshape(exclude_items, [-1]))
             in_history = self._history_pairs.contains(index, items)
+            if sampler is not None:  # the target is left out only if it was sampled
+                in_history &= sampler.keeps(index, items, lengths, step)
             history["leave_out"] = tf.where(in_history, items, tf.constant(-1, items.dtype))
         features["history"] = history
         return features
@@ -261,6 +283,7 @@ class RetrievalModel(tfrs.Model):
     def item_embeddings(self, item_ids: Any, training: bool = False) -> Any:
         return self.item_tower(self.item_features(item_ids), training=training)
 
+    @no_autograph
     def call(self, features: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
         return {
             "user": self.user_embeddings(features["user_id"], training=bool(training)),
@@ -271,7 +294,8 @@ class RetrievalModel(tfrs.Model):
         user_ids = tf.reshape(features["user_id"], [-1])
         item_ids = tf.reshape(features["item_id"], [-1])
         exclude = item_ids if (training and self.exclude_target_from_history) else None
-        users = self.user_tower(self.user_features(user_ids, exclude), training=training)
+        step = self._step() if training and self._history_sampler is not None else None
+        users = self.user_tower(self.user_features(user_ids, exclude, step), training=training)
         items = self.item_tower(self.item_features(item_ids), training=training)
         # Integer ids: accidental-hit removal compares every pair of the batch.
         item_rows = self._item_lookup(item_ids)
@@ -286,6 +310,13 @@ class RetrievalModel(tfrs.Model):
             compute_metrics=False,
             compute_batch_metrics=False,
         )
+
+    def _step(self) -> Any:
+        # The optimizer's checkpointed step: a resumed run draws the same samples.
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None:
+            return tf.constant(0, tf.int64)
+        return tf.cast(optimizer.iterations, tf.int64)
 
     # ------------------------------------------------------------- evaluation
     def _all_embeddings(self, ids: np.ndarray, tower: str, batch_size: int = 4096) -> np.ndarray:
@@ -310,11 +341,14 @@ class RetrievalModel(tfrs.Model):
         rows = data.interactions(check_eval_split(split))
         if not len(rows):
             raise ValueError(f"The data's {split!r} split is empty.")
-        users = vocabulary(np.concatenate([self.user_ids, rows.users]))
+        # Only the split's users are scored: embedding every training user would cost
+        # memory and time in proportion to all users (a million: 256 MB of vectors).
+        users = rows.users
         items = vocabulary(np.concatenate([self.item_ids, rows.items]))
         seen = data.histories(seen_splits(split))
-        owner, members = seen.select(seen.keys)
-        seen_users = positions(users, seen.keys)[owner]
+        # Only the evaluated users' seen items: the others are never ranked.
+        owner, members = seen.select(rows.users)
+        seen_users = positions(users, rows.users)[owner]
         seen_items = positions(items, data.catalogue().ids)[members]
         known = seen_users >= 0  # users seen only in val have no test pairs to rank
         metrics = evaluation.retrieval_metrics(

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from recsys import evaluation
-from recsys._tf import keras, tf
+from recsys._tf import keras, no_autograph, tf
 from recsys.checks import check_choice, check_fraction, check_positive_int
 from recsys.data.contract import TextData
 from recsys.layers import Embedding
@@ -164,7 +164,9 @@ class TextClassifier(keras.Model):
                     f"`vocabulary` has {len(vocabulary)} tokens; at most max_tokens - 2 = "
                     f"{max_tokens - 2} fit (rows 0 and 1 are padding and OOV)."
                 )
-            return keras.layers.TextVectorization(vocabulary=list(vocabulary), **settings)
+            # An array, not a list: a tracked list is walked by Keras after every batch.
+            vocabulary = np.asarray([str(token) for token in vocabulary], dtype=object)
+            return keras.layers.TextVectorization(vocabulary=vocabulary, **settings)
         texts, _ = data.texts("train")
         if not len(texts):
             raise ValueError("TextClassifier needs training texts to adapt its vectorizer on.")
@@ -180,6 +182,7 @@ class TextClassifier(keras.Model):
         """
         return tf.cast(self.vectorizer(tf.reshape(texts, [-1])), tf.int32)
 
+    @no_autograph
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         """Probabilities `[batch]` of raw `[batch]` strings (or token ids `[batch, n]`)."""
         tokens = inputs
