@@ -291,6 +291,8 @@ def run(
     keep: bool = False,
     history_max_length: int = 20,
     step_batches: int = 30,
+    train_batch_size: int | None = None,
+    only_train: bool = False,
 ) -> dict[str, Any]:
     """Measure every phase for every size; returns what :func:`main` prints."""
     work = Path(work_dir or Path(tempfile.gettempdir()) / "recsys-ingest")
@@ -308,18 +310,21 @@ def run(
         shutil.rmtree(cache, ignore_errors=True)
         worker = [sys.executable, "-m", "recsys.benchmarks.ingest", "--path", str(log),
                   "--cache", str(cache), "--batch-size", str(batch_size)]  # fmt: skip
-        count = _measured([*worker, "--worker", "count"])
-        pipeline = _measured([*worker, "--worker", "pipeline", "--batches", str(pipeline_batches)])
-        entry = {"rows": rows, "log": str(log), "synth": written, "count": count,
-                 "pipeline": pipeline}  # fmt: skip
+        entry: dict[str, Any] = {"rows": rows, "log": str(log), "synth": written}
+        if not only_train:
+            entry["count"] = _measured([*worker, "--worker", "count"])
+            entry["pipeline"] = _measured(
+                [*worker, "--worker", "pipeline", "--batches", str(pipeline_batches)]
+            )
+        train_batch = train_batch_size or batch_size
         if not skip_train:
             train_cache = work / f"train-cache-{rows}"
             entry["train"] = _train(
-                log, work / f"run-{rows}", train_cache, train_steps, batch_size, history_max_length
+                log, work / f"run-{rows}", train_cache, train_steps, train_batch, history_max_length
             )
             if entry["train"].get("status") == 0 and step_batches:
                 steps = [sys.executable, "-m", "recsys.benchmarks.ingest", "--path", str(log),
-                         "--cache", str(train_cache), "--batch-size", str(batch_size),
+                         "--cache", str(train_cache), "--batch-size", str(train_batch),
                          "--history-max-length", str(history_max_length),
                          "--worker", "steps", "--batches", str(step_batches)]  # fmt: skip
                 entry["steps"] = _measured(steps, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -332,6 +337,7 @@ def run(
         "users": users,
         "items": items,
         "batch_size": batch_size,
+        "train_batch_size": train_batch_size or batch_size,
         "history_max_length": history_max_length,
         "results": results,
         "machine": {
@@ -355,13 +361,16 @@ def _load(measured: dict[str, Any]) -> str:
 
 def _report(r: dict[str, Any]) -> str:
     lines = [
-        f"ingest benchmark: {r['users']:,} users, {r['items']:,} items, batch {r['batch_size']}, "
-        f"{r['machine']['cpus']} CPUs, load average {r['machine']['load_average']}"
+        f"ingest benchmark: {r['users']:,} users, {r['items']:,} items, batch {r['batch_size']} "
+        f"(training {r.get('train_batch_size', r['batch_size'])}), {r['machine']['cpus']} CPUs, "
+        f"load average {r['machine']['load_average']}"
     ]
     for entry in r["results"]:
         lines.append(f"{entry['rows']:,} rows ({entry['synth']['files']} Parquet files, "
                      f"{_gib(entry['synth']['bytes'])}) in {entry['log']}")  # fmt: skip
         for phase in ("count", "pipeline"):
+            if phase not in entry:
+                continue
             m = entry[phase]
             if m["status"] != 0:
                 lines.append(f"  {phase}: FAILED (exit {m['status']})\n{m['stderr_tail']}")
@@ -430,6 +439,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--train-steps", type=int, default=2000)
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument(
+        "--only-train", action="store_true", help="skip the vocabulary and pipeline phases"
+    )
+    parser.add_argument(
+        "--train-batch-size", type=int, default=None, help="training run's batch (--batch-size)"
+    )
+    parser.add_argument(
         "--history-max-length", type=int, default=20, help="items kept per user history"
     )
     parser.add_argument(
@@ -458,6 +473,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         args.keep,
         args.history_max_length,
         args.step_batches,
+        args.train_batch_size,
+        args.only_train,
     )
     print(_report(result))
     if args.output:
