@@ -183,6 +183,22 @@ def test_more_than_one_worker_switches_assign_to_add_and_says_so(caplog):
     assert len(caplog.records) == 1
 
 
+def test_the_trainer_counts_the_workers_of_a_pss_cluster():
+    """ParameterServerStrategy's public cluster_resolver is None (TF 2.21); its own is not."""
+    from recsys.training.trainer import _num_workers
+
+    class Resolver:
+        def cluster_spec(self):
+            return tf.train.ClusterSpec({"chief": ["a:1"], "worker": ["a:2", "a:3"], "ps": ["a:4"]})
+
+    class PssLike:
+        cluster_resolver = None
+        _cluster_resolver = Resolver()
+
+    assert _num_workers(PssLike()) == 2
+    assert _num_workers(tf.distribute.get_strategy()) == 1
+
+
 def test_16_bit_moments_cannot_switch_and_warn_that_updates_can_be_lost(caplog):
     from recsys.distribute.parameter_server import updates_for_concurrent_workers
 

@@ -239,7 +239,11 @@ def _per_worker(make: Callable[[], tf.data.Dataset], batches: int | None, skip: 
 
 def _num_workers(strategy: tf.distribute.Strategy) -> int:
     """Worker tasks of ``strategy``'s cluster (1 without one)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
+    # ParameterServerStrategy (TF 2.21) keeps its resolver on itself, while the public
+    # ``cluster_resolver`` property reads the extended object's: None there.
+    resolver = getattr(strategy, "cluster_resolver", None) or getattr(
+        strategy, "_cluster_resolver", None
+    )
     if resolver is None:
         return 1
     return max(1, len(resolver.cluster_spec().as_dict().get("worker", [])))
