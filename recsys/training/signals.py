@@ -71,9 +71,9 @@ class StopSignals:
     def reinstall(self) -> None:
         """Install the handlers again (inside the context; a no-op outside it).
 
-        TensorFlow's coordination service, which MultiWorkerMirroredStrategy starts,
-        installs its own SIGTERM handler (a preemption notifier) at the C level, so a
-        SIGTERM would no longer reach this one: call this after creating the strategy.
+        Creating a MultiWorkerMirroredStrategy replaces the SIGTERM handler at the C
+        level (most likely the preemption notifier of the coordination service it
+        starts; seen: a SIGTERM no longer reached this one), so call this after it.
         """
         for signum in self._previous:
             signal.signal(signum, self._handle)
