@@ -25,6 +25,7 @@ from recsys.models.features import (
     training_histories,
     training_item_counts,
 )
+from recsys.models.retrieval_task import InBatchRetrieval
 from recsys.models.sampling import BagSampler
 from recsys.towers import Tower
 
@@ -212,7 +213,7 @@ class RetrievalModel(tfrs.Model):
         self._sampling_probability = tf.constant(
             np.concatenate([[probability.min()], probability]).astype("float32")
         )
-        self.task = tfrs.tasks.Retrieval(
+        self.task = InBatchRetrieval(
             temperature=self.temperature,
             remove_accidental_hits=bool(remove_accidental_hits),
         )
