@@ -84,6 +84,9 @@ class FitResult:
 
 def _split_rows(data: Any, split: str) -> int | None:
     """Rows of ``split`` when the data says (the model-data contract), else None."""
+    count = getattr(data, "split_rows", None)
+    if callable(count):  # a streaming module counts without encoding the split
+        return int(count(split))
     if isinstance(data, InteractionData):
         return len(data.interactions(split))
     if isinstance(data, TextData):
