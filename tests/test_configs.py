@@ -100,8 +100,8 @@ def test_movielens_follows_the_design_protocol() -> None:
 @pytest.mark.parametrize(
     ("variant", "want"),
     [
-        ("100k", (512, 9, 32, 0.08, True, True)),
-        ("latest-small", (512, 9, 32, 0.08, True, True)),
+        ("100k", (512, 7, 64, 0.08, True, True)),
+        ("latest-small", (512, 7, 64, 0.08, True, True)),
         ("1m", (4096, 8, 64, 0.05, False, False)),
         ("25m", (4096, 8, 64, 0.05, False, False)),
     ],

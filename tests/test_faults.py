@@ -227,6 +227,26 @@ def test_step_checkpoints_every_n_steps_and_at_epoch_ends_bounded(tmp_path: Path
     assert files == {"ckpt-16", "ckpt-20", "ckpt-22"}
 
 
+def test_step_checkpoints_with_several_steps_per_execution(tmp_path: Path) -> None:
+    """Keras calls the batch hook once per 3 steps: saves where a multiple of 4 was crossed."""
+    cfg = compose_train(
+        [
+            "trainer.epochs=2",
+            "trainer.checkpoint_every_steps=4",
+            "trainer.checkpoint_max_to_keep=10",
+            "trainer.export=false",
+            "trainer.tensorboard=false",
+            "distribute.steps_per_execution=3",
+        ],
+        run_dir=tmp_path,
+        fake=True,
+    )
+    _, objects = train(cfg)
+    # 11 steps per epoch run as 3 + 3 + 3 + 2: hooks after steps 3, 6, 9 (11 is the end).
+    saved = [int(Path(p).name.split("-")[1]) for p in objects["fit"].checkpoints]
+    assert saved == [6, 9, 11, 14, 17, 20, 22]
+
+
 # --------------------------------------------------------- corrupted checkpoints
 
 

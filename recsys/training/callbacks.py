@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys._tf import keras
-from recsys.checks import check_nonnegative, check_nonnegative_int
+from recsys.checks import check_nonnegative, check_nonnegative_int, check_positive_int
 from recsys.run import write_history
 from recsys.training.checkpoints import Position, TrainingState
 from recsys.training.errors import TrainingInterrupted
@@ -41,6 +41,10 @@ class TrainingCheckpoints(keras.callbacks.Callback):
             by time).
         stop: The run's stop signals (None: signals are not handled here).
         clock: Seconds, monotonic (tests pass a fake).
+        steps_per_execution: Steps per ``tf.function`` call (``compile``'s
+            ``steps_per_execution``): Keras then calls the batch hook once per call,
+            with the last step's index, so a save "every N steps" happens at the first
+            call that crosses a multiple of N.
 
     Example:
         >>> saver = TrainingCheckpoints(state, steps_per_epoch=11, every_steps=5)
@@ -56,9 +60,11 @@ class TrainingCheckpoints(keras.callbacks.Callback):
         every_seconds: float = 0.0,
         stop: StopSignals | None = None,
         clock: Callable[[], float] = time.monotonic,
+        steps_per_execution: int = 1,
     ) -> None:
         super().__init__()
         self.state = state
+        self.steps_per_execution = check_positive_int("steps_per_execution", steps_per_execution)
         self.steps_per_epoch = steps_per_epoch
         self.start = start or Position()
         self.every_steps = check_nonnegative_int("every_steps", every_steps)
@@ -70,6 +76,7 @@ class TrainingCheckpoints(keras.callbacks.Callback):
         self._epoch_start = 0.0
         self._last_save = 0.0
         self._first_batch = True
+        self._steps_done = 0  # steps of the current epoch done at the last batch hook
 
     def _number(self, position: Position) -> int:
         if self.steps_per_epoch is None:
@@ -95,6 +102,7 @@ class TrainingCheckpoints(keras.callbacks.Callback):
         """Start the epoch timer; a resumed epoch gets back its metrics and its time."""
         self._epoch = epoch
         resumed = epoch == self.start.epoch and self.start.step > 0
+        self._steps_done = self.start.step if resumed else 0
         if resumed:
             self.state.restore_metrics()
         self._epoch_start = self.clock() - (self.start.seconds if resumed else 0.0)
@@ -104,7 +112,8 @@ class TrainingCheckpoints(keras.callbacks.Callback):
         if self._first_batch:
             self._first_batch = False
             expected = self.start.step if self._epoch == self.start.epoch else 0
-            if batch != expected:
+            # With steps_per_execution > 1 the hook comes after the call's last step.
+            if not expected <= batch < expected + self.steps_per_execution:
                 raise RuntimeError(
                     f"The resumed epoch started at step {batch}, not at step {expected}: this "
                     "tf-keras version ignores the resume position recsys gives fit(). Pin "
@@ -113,13 +122,17 @@ class TrainingCheckpoints(keras.callbacks.Callback):
             self.state.assert_restored()
         if self.steps_per_epoch is None:
             return
-        done = batch + 1
+        done, before = batch + 1, self._steps_done
+        self._steps_done = done
         if done >= self.steps_per_epoch:
             return  # the epoch end saves
         position = Position(self._epoch, done, self.clock() - self._epoch_start)
         stopping = self._stop_within_epoch()
+        # Due when the steps since the last hook crossed a multiple of every_steps.
+        first = self._epoch * self.steps_per_epoch
         due = (
-            self.every_steps and position.global_step(self.steps_per_epoch) % self.every_steps == 0
+            self.every_steps
+            and (first + done) // self.every_steps > (first + before) // self.every_steps
         ) or (self.every_seconds and self.clock() - self._last_save >= self.every_seconds)
         if not (due or stopping):
             return

@@ -671,6 +671,7 @@ class Trainer:
             every_steps=self.checkpoint_every_steps if step_level else 0,
             every_seconds=every_seconds,
             stop=stop,
+            steps_per_execution=self.steps_per_execution,
         )
         callbacks = [
             *self._epoch_metrics(data, val_data is not None),
