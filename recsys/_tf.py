@@ -9,11 +9,15 @@ from recsys._env import ensure_legacy_keras_env
 ensure_legacy_keras_env()
 
 import inspect  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any, TypeVar  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 __all__ = ["keras", "no_autograph", "tf"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 # Keras converts a subclassed layer's `call` with AutoGraph when it is traced, and the
@@ -21,13 +25,19 @@ __all__ = ["keras", "no_autograph", "tf"]
 # calls) is paid once per process. recsys's layers branch only on Python values, so
 # their `call`s run as plain graph code: a py-spy profile of the ranking front door
 # spent 5.4 of the 7.2 s of tracing its first training step in the AutoGraph transpiler.
-def no_autograph(function):  # type: ignore[no-untyped-def]
+def no_autograph(function: _F) -> _F:
     """`function` (a layer's `call`) run without AutoGraph conversion.
 
     `do_not_convert`'s wrapper takes ``*args, **kwargs``; Keras reads a `call`'s
     signature to decide which arguments (``training``, ``mask``) to pass, so the
     wrapper carries the signature of the function it wraps.
+
+    Example:
+        >>> class Double(keras.layers.Layer):
+        ...     @no_autograph
+        ...     def call(self, inputs):
+        ...         return 2.0 * inputs
     """
     wrapper = tf.autograph.experimental.do_not_convert(function)
     wrapper.__signature__ = inspect.signature(function)
-    return wrapper
+    return wrapper  # type: ignore[no-any-return]
