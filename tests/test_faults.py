@@ -206,21 +206,26 @@ def test_a_signal_saves_at_the_next_step_and_the_rerun_continues_exactly(
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
-def test_step_checkpoints_every_n_steps_and_at_epoch_ends_bounded(tmp_path: Path) -> None:
+def _step_checkpoint_run(tmp_path: Path, *overrides: str) -> list[int]:
+    """Global steps of the checkpoints a 2-epoch fake run (11 steps an epoch) saved."""
     cfg = compose_train(
         [
             "trainer.epochs=2",
             "trainer.checkpoint_every_steps=4",
-            "trainer.checkpoint_max_to_keep=3",
             "trainer.export=false",
             "trainer.tensorboard=false",
+            *overrides,
         ],
         run_dir=tmp_path,
         fake=True,
     )
     _, objects = train(cfg)
+    return [int(Path(p).name.split("-")[1]) for p in objects["fit"].checkpoints]
+
+
+def test_step_checkpoints_every_n_steps_and_at_epoch_ends_bounded(tmp_path: Path) -> None:
+    saved = _step_checkpoint_run(tmp_path, "trainer.checkpoint_max_to_keep=3")
     # 11 steps per epoch: every 4 global steps, and each epoch end (11, 22).
-    saved = [int(Path(p).name.split("-")[1]) for p in objects["fit"].checkpoints]
     assert saved == [4, 8, 11, 12, 16, 20, 22]
     assert committed_checkpoints(tmp_path) == [16, 20, 22]
     files = {p.name.split(".")[0] for p in (tmp_path / "checkpoints").glob("ckpt-*")}
@@ -229,21 +234,10 @@ def test_step_checkpoints_every_n_steps_and_at_epoch_ends_bounded(tmp_path: Path
 
 def test_step_checkpoints_with_several_steps_per_execution(tmp_path: Path) -> None:
     """Keras calls the batch hook once per 3 steps: saves where a multiple of 4 was crossed."""
-    cfg = compose_train(
-        [
-            "trainer.epochs=2",
-            "trainer.checkpoint_every_steps=4",
-            "trainer.checkpoint_max_to_keep=10",
-            "trainer.export=false",
-            "trainer.tensorboard=false",
-            "distribute.steps_per_execution=3",
-        ],
-        run_dir=tmp_path,
-        fake=True,
+    saved = _step_checkpoint_run(
+        tmp_path, "trainer.checkpoint_max_to_keep=10", "distribute.steps_per_execution=3"
     )
-    _, objects = train(cfg)
     # 11 steps per epoch run as 3 + 3 + 3 + 2: hooks after steps 3, 6, 9 (11 is the end).
-    saved = [int(Path(p).name.split("-")[1]) for p in objects["fit"].checkpoints]
     assert saved == [6, 9, 11, 14, 17, 20, 22]
 
 
