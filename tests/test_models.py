@@ -227,7 +227,8 @@ def test_retrieval_history_leaves_out_the_target_in_training(movielens):
     history = features["history"]
     # One bag for the user's three examples; each leaves out its target if in the bag.
     assert history["bag_index"].numpy().tolist() == [0, 0, 0]
-    assert model.item_ids[np.array(history["ids"].to_list()[0]) - 1].tolist() == mine  # by time
+    # The user's items (kept sorted by row: the table also answers membership).
+    assert model.item_ids[np.array(history["ids"].to_list()[0]) - 1].tolist() == sorted(mine)
     rows = {i: 1 + list(model.item_ids).index(i) for i in (item, mine[-1])}
     assert history["leave_out"].numpy().tolist() == [rows[item], -1, rows[mine[-1]]]
     # Pooled (sum) embeddings equal NumPy sums of the history without the target.
@@ -243,7 +244,8 @@ def test_retrieval_history_max_length_keeps_the_most_recent_items(movielens):
     train = movielens.train.sort_values("timestamp", kind="stable")
     for user, items in train.groupby("user_id", sort=False)["item_id"]:
         history = model.user_features(tf.constant([user]))["history"]["ids"].to_list()[0]
-        assert model.item_ids[np.array(history, dtype=int) - 1].tolist() == items.tolist()[-2:]
+        kept = model.item_ids[np.array(history, dtype=int) - 1].tolist()
+        assert kept == sorted(items.tolist()[-2:])  # the last two by time, sorted by row
         # An item that was cut is not in the history, so it is not left out.
         if len(items) > 2:
             out = model.user_features(tf.constant([user]), tf.constant([items.iloc[0]]))

@@ -30,4 +30,17 @@ def vocabulary(values: pd.Series | Sequence[str] | np.ndarray) -> np.ndarray:
         >>> vocabulary(["b", "a", "b"]).tolist()
         ['a', 'b']
     """
+    if _sorted_distinct_strings(values):
+        # Already a vocabulary (e.g. a data module's sorted ids): the same array, not a
+        # copy of a million strings.
+        return values  # type: ignore[return-value]
     return np.asarray(sorted(pd.unique(pd.Series(values, dtype=str))), dtype=object)
+
+
+def _sorted_distinct_strings(values: object) -> bool:
+    """Whether `values` is a 1-D object array of str in strictly ascending order."""
+    if not (isinstance(values, np.ndarray) and values.dtype == object and values.ndim == 1):
+        return False
+    if pd.api.types.infer_dtype(values, skipna=False) != "string":
+        return False
+    return bool(np.all(values[1:] > values[:-1])) if len(values) > 1 else True

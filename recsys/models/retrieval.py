@@ -18,7 +18,7 @@ from recsys.models._common import check_eval_split, seen_splits
 from recsys.models.features import (
     DEFAULT_ITEM_KINDS,
     FeatureStore,
-    PairIndex,
+    SortedBags,
     feature_spec,
     id_spec,
     side_features,
@@ -149,31 +149,44 @@ class RetrievalModel(tfrs.Model):
         self.user_ids = vocabulary(data.user_vocabulary)
         catalogue = data.catalogue()
         self.item_ids = catalogue.ids
-        user_columns: dict[str, Any] = {}
-        if use_history:
-            # Histories are kept as rows of the history table (catalogue row + 1; row 0
-            # is for unknown items), so training compares integers, not strings.
-            histories = training_histories(data, self.user_ids, history_max_length)
-            rows = histories.members + 1
-            user_columns["history"] = tf.RaggedTensor.from_row_splits(rows, histories.offsets)
-            self._history_pairs = PairIndex(histories.offsets, rows, base=len(self.item_ids) + 1)
-        self.user_store = FeatureStore(self.user_ids, user_columns, name="user_features")
         declared = isinstance(data, FeatureData)
         kinds = data.feature_kinds() if declared else {"user": {}, "item": DEFAULT_ITEM_KINDS}
-        item_columns = side_features(catalogue.features, item_features, kinds["item"], "item")
-        self.item_feature_names = list(item_columns)
-        self.item_store = FeatureStore(self.item_ids, item_columns, name="item_features")
         user_side: dict[str, Any] = {}
+        store_keys = self.user_ids
         if declared:
             users = data.user_table()
             user_side = side_features(users.features, user_features, kinds["user"], "user")
-            self.user_side_store = FeatureStore(users.ids, user_side, name="user_side_features")
+            if user_side:
+                # One store (one lookup) for the histories and the side features, keyed
+                # by every user of the log: users without training rows get empty bags.
+                # A second lookup over a million keys cost about 0.1 GiB.
+                store_keys = users.ids
         elif user_features:
             raise ValueError(
                 f"User features {list(user_features)} need data that declares them "
                 "(recsys.data.FeatureData, e.g. data=interactions). Received data of type "
                 f"{type(data).__name__}."
             )
+        if "history" in user_side:
+            raise ValueError(
+                "A user feature may not be called 'history' (the user tower's pooled "
+                "training items). Received user features "
+                f"{list(user_side)}; rename that column in data.user_features."
+            )
+        user_columns: dict[str, Any] = dict(user_side)
+        if use_history:
+            # Histories are kept as rows of the history table (catalogue row + 1; row 0
+            # is for unknown items), so training compares integers, not strings.
+            # Each bag sorted: the same table answers whether a target is in its user's
+            # history (a binary search), with no second array of pairs.
+            histories = training_histories(data, store_keys, history_max_length)
+            self._history_bags = SortedBags(histories.offsets, histories.members + 1)
+            del histories
+            user_columns["history"] = self._history_bags.table
+        self.user_store = FeatureStore(store_keys, user_columns, name="user_features")
+        item_columns = side_features(catalogue.features, item_features, kinds["item"], "item")
+        self.item_feature_names = list(item_columns)
+        self.item_store = FeatureStore(self.item_ids, item_columns, name="item_features")
         self.user_feature_names = list(user_side)
 
         # Without an MLP the towers' widths must match: add the feature embeddings.
@@ -251,11 +264,11 @@ class RetrievalModel(tfrs.Model):
         """
         user_ids = tf.reshape(user_ids, [-1])
         features: dict[str, Any] = {"user_id": user_ids}
+        index = self.user_store.index(user_ids)
         if self.user_feature_names:
-            features.update(self.user_side_store(user_ids))
+            features.update(self.user_store.gather(index, self.user_feature_names))
         if not self.use_history:
             return features
-        index = self.user_store.index(user_ids)
         distinct, bag = tf.unique(index)
         bags = self.user_store.gather(distinct)["history"]
         sampler = self._history_sampler if step is not None else None
@@ -265,7 +278,7 @@ class RetrievalModel(tfrs.Model):
         history = {"ids": bags, "bag_index": bag}
         if exclude_items is not None:
             items = self._item_lookup(tf.reshape(exclude_items, [-1]))
-            in_history = self._history_pairs.contains(index, items)
+            in_history = self._history_bags.contains(index, items)
             if sampler is not None:  # the target is left out only if it was sampled
                 in_history &= sampler.keeps(index, items, lengths, step)
             history["leave_out"] = tf.where(in_history, items, tf.constant(-1, items.dtype))
@@ -377,7 +390,8 @@ class RetrievalModel(tfrs.Model):
         history = tf.convert_to_tensor(history, dtype=tf.string)
         features: dict[str, Any] = {"user_id": tf.fill(tf.shape(history)[:1], "")}
         if self.user_feature_names:
-            features.update(self.user_side_store(features["user_id"]))
+            index = self.user_store.index(features["user_id"])
+            features.update(self.user_store.gather(index, self.user_feature_names))
         if self.use_history:
             items = tf.RaggedTensor.from_tensor(history, padding="")
             rows = items.with_flat_values(self._item_lookup(items.flat_values))

@@ -123,7 +123,8 @@ def test_retrieval_model_reads_histories_and_counts_without_the_training_rows(tm
     np.testing.assert_array_equal(model.train_counts, expected)
     table = model.user_store.gather(model.user_store.index(users))["history"]
     want = ref.histories(("train",), by_time=True).truncate(2)
-    assert table.to_list() == [[m + 1 for m in bag] for bag in want.lists(users)]
+    # Each user's last 2 by time, kept sorted (the table answers membership too).
+    assert table.to_list() == [sorted(m + 1 for m in bag) for bag in want.lists(users)]
     assert "_train_rows" not in dm.__dict__
 
 
@@ -154,3 +155,42 @@ def test_pair_index_answers_as_a_numpy_set(weighted):
                 assert w == pytest.approx(stored[int(o), int(m)])
             elif not hit:
                 assert w == 0.0
+
+
+@pytest.mark.parametrize("max_length", [1, 6, 300])
+def test_sorted_bags_answer_as_a_numpy_set(max_length):
+    from recsys._tf import tf
+    from recsys.models.features import SortedBags
+
+    rng = np.random.default_rng(max_length)
+    lengths = rng.integers(0, max_length + 1, 60)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    members = rng.integers(0, 500, int(lengths.sum()))
+    bags = SortedBags(offsets, members)
+    # The table holds the same bags, each sorted, as int32.
+    assert bags.table.values.dtype == tf.int32
+    want_bags = [sorted(members[a:b].tolist()) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    assert bags.table.to_list() == want_bags
+    owners = np.repeat(np.arange(1, 61), lengths)
+    stored = set(zip(owners.tolist(), members.tolist(), strict=True))
+    # Half the queries stored pairs, half random; owner 0 (unknown) has an empty bag.
+    picks = rng.integers(0, max(len(members), 1), 500)
+    queries_o = np.concatenate([owners[picks] if len(members) else [], rng.integers(0, 61, 500)])
+    queries_m = np.concatenate([members[picks] if len(members) else [], rng.integers(0, 501, 500)])
+    got = bags.contains(tf.constant(queries_o, tf.int64), tf.constant(queries_m, tf.int64))
+    want = [(int(o), int(m)) in stored for o, m in zip(queries_o, queries_m, strict=True)]
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_sorted_bags_reject_bad_offsets_and_members():
+    from recsys.models.features import SortedBags
+
+    with pytest.raises(ValueError, match="from 0 to len"):
+        SortedBags(np.array([0, 2]), np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        SortedBags(np.array([0, 3, 2, 3]), np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*31"):
+        SortedBags(np.array([0, 1]), np.array([-1]))
+    # No bags at all: nothing is stored.
+    empty = SortedBags(np.array([0, 0]), np.array([], np.int64))
+    assert empty.contains([0, 1], [0, 3]).numpy().tolist() == [False, False]

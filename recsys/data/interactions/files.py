@@ -36,6 +36,7 @@ __all__ = [
     "iter_csv_batches",
     "parquet_row_groups",
     "read_row_groups",
+    "release_arrow_memory",
     "type_family",
 ]
 
@@ -365,3 +366,13 @@ def iter_csv_batches(
                     file.path, f"is not valid {file.format.upper()} ({err})", "fix the file"
                 ) from None
             yield batch
+
+
+def release_arrow_memory() -> None:
+    """Return the memory Arrow's pool keeps after a pass over the log to the system.
+
+    Arrow's default pool (mimalloc or jemalloc) holds on to freed blocks; after a pass
+    over a large log that was about 0.1 GiB of resident memory the training run never
+    used again.
+    """
+    pa.default_memory_pool().release_unused()

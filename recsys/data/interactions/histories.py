@@ -46,6 +46,7 @@ import numpy as np
 from recsys.data.contract import Histories, positions
 from recsys.data.interactions.cache import atomic_folder
 from recsys.data.interactions.config import ITEM, RATING, TIMESTAMP, USER
+from recsys.data.interactions.files import release_arrow_memory
 from recsys.data.interactions.hashing import hash_strings
 from recsys.data.interactions.index import LogIndex
 from recsys.data.interactions.layout import BlockReader
@@ -129,6 +130,7 @@ def build_histories(
                 _write_sorted(scratch, buckets, by_time, columns.rating is not None, tmp)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        release_arrow_memory()
     log.info(
         "Grouped %s rows by user (%s buckets) in %.1f s into %s",
         f"{total:,}",

@@ -51,7 +51,12 @@ from recsys.data.interactions.config import (
 )
 from recsys.data.interactions.encode import EncodedLog, encode_log
 from recsys.data.interactions.errors import LogError
-from recsys.data.interactions.files import LogFile, check_schemas, find_log_files
+from recsys.data.interactions.files import (
+    LogFile,
+    check_schemas,
+    find_log_files,
+    release_arrow_memory,
+)
 from recsys.data.interactions.index import INDEX_VERSION, LogIndex, build_index, load_index
 from recsys.data.interactions.vocabularies import id_space, write_vocabulary
 from recsys.data.sources import resolve_data_dir
@@ -225,6 +230,7 @@ class InteractionsDataModule:
         self.files = files
         self.index = index
         self._write_vocabularies()
+        release_arrow_memory()
         return self
 
     @staticmethod
@@ -262,7 +268,9 @@ class InteractionsDataModule:
         # The catalogue, the user table and the evaluation splits. The training rows
         # are not kept: training streams them from the files, and histories are
         # grouped on disk (see histories()), so memory does not follow the log's size.
-        return encode_log(self._index, keep=("val", "test"))
+        encoded = encode_log(self._index, keep=("val", "test"))
+        release_arrow_memory()
+        return encoded
 
     @cached_property
     def _train_rows(self) -> Interactions:
