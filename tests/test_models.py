@@ -215,6 +215,46 @@ def test_retrieval_top_k_accuracy_matches_reference(movielens, retrieval):
     )
 
 
+def test_retrieval_metrics_are_the_same_scored_a_few_users_at_a_time(
+    movielens, retrieval, monkeypatch
+):
+    from recsys import evaluation
+    from recsys.models import retrieval as retrieval_module
+
+    model, _ = retrieval
+    whole = model.evaluate_metrics(movielens, split="test")
+    # The reference: every test user scored at once by recsys.evaluation.
+    rows = movielens.interactions("test")
+    users, items = np.asarray(rows.users), np.asarray(model.item_ids)
+    seen = movielens.histories(("train", "val"))
+    owner, members = seen.select(users)
+    k = {"top_accuracy_ks": [10], "recall_ks": [10], "ndcg_ks": [5]}
+    reference = evaluation.retrieval_metrics(
+        model.user_embeddings(tf.constant(users)).numpy(),
+        model.item_embeddings(tf.constant(items)).numpy(),
+        rows.user_index,
+        positions(items, rows.items)[rows.item_index],
+        owner,
+        positions(items, movielens.catalogue().ids)[members],
+        **k,
+    )
+    monkeypatch.setattr(evaluation, "retrieval_metrics", _with_ks(evaluation.retrieval_metrics, k))
+    at_once = model.evaluate_metrics(movielens, split="test")
+    monkeypatch.setattr(retrieval_module, "EVAL_USERS_PER_BLOCK", 3)  # uneven blocks
+    in_blocks = model.evaluate_metrics(movielens, split="test")
+    for name, value in reference.items():
+        assert at_once[name] == pytest.approx(value, rel=1e-9), name
+        assert in_blocks[name] == pytest.approx(value, rel=1e-9), name
+    assert whole["test/top100_accuracy"] == 1.0
+
+
+def _with_ks(metrics_fn, ks):
+    def wrapped(*args, **kwargs):
+        return metrics_fn(*args, **{**kwargs, **ks})
+
+    return wrapped
+
+
 def test_retrieval_history_leaves_out_the_target_in_training(movielens):
     model = RetrievalModel(movielens, embedding_dim=4, item_features=(), history_pooling="sum")
     train = movielens.train.sort_values("timestamp", kind="stable")
