@@ -7,6 +7,8 @@ handed to recsys.data.frames.FrameInteractionData (the MovieLens path)."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -169,7 +171,7 @@ def test_sorted_bags_answer_as_a_numpy_set(max_length):
     bags = SortedBags(offsets, members)
     # The table holds the same bags, each sorted, as int32.
     assert bags.table.values.dtype == tf.int32
-    want_bags = [sorted(members[a:b].tolist()) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    want_bags = [sorted(members[a:b].tolist()) for a, b in itertools.pairwise(offsets)]
     assert bags.table.to_list() == want_bags
     owners = np.repeat(np.arange(1, 61), lengths)
     stored = set(zip(owners.tolist(), members.tolist(), strict=True))
