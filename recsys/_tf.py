@@ -15,7 +15,7 @@ from typing import Any, TypeVar  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-__all__ = ["keras", "no_autograph", "tf"]
+__all__ = ["keras", "no_autograph", "ragged_row_ids", "tf"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -41,3 +41,21 @@ def no_autograph(function: _F) -> _F:
     wrapper = tf.autograph.experimental.do_not_convert(function)
     wrapper.__signature__ = inspect.signature(function)
     return wrapper  # type: ignore[no-any-return]
+
+
+def ragged_row_ids(ragged: Any) -> Any:
+    """The row of each flat value of a ragged tensor: a cumulative sum of row starts.
+
+    `RaggedTensor.value_rowids` computes it with a `repeat` (tile and mask) when the
+    tensor was built from row splits, as a gathered history is; this costs one
+    scatter and one cumsum over the flat values.
+
+    Example:
+        >>> ragged_row_ids(tf.ragged.constant([[1, 2], [], [3]])).numpy().tolist()
+        [0, 0, 2]
+    """
+    splits = ragged.row_splits
+    n = tf.shape(ragged.flat_values, out_type=splits.dtype)[0]
+    starts = splits[1:-1]  # where rows 1.. begin; an empty row repeats its neighbour's
+    marks = tf.scatter_nd(starts[:, None], tf.ones_like(starts), tf.reshape(n + 1, [1]))
+    return tf.math.cumsum(marks[:n])

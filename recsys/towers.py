@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from recsys._tf import keras, no_autograph, tf
+from recsys._tf import keras, no_autograph, ragged_row_ids, tf
 from recsys.checks import check_fraction, check_positive_int
 from recsys.layers import Embedding
 
@@ -314,7 +314,7 @@ class FeatureEmbedding(keras.layers.Layer):
             element of every example's bag, as if each example had its own bag.
         """
         flat = indices.flat_values
-        segments = _row_ids(indices)
+        segments = ragged_row_ids(indices)
         num_bags = indices.nrows()
         if leave_out is not None:
             # Only the examples that leave a row out look it up (no spurious rows).
@@ -385,20 +385,6 @@ class FeatureEmbedding(keras.layers.Layer):
             salts=self.salts,
         )
         return config
-
-
-def _row_ids(ragged: Any) -> Any:
-    """The row of each flat value of a ragged tensor: a cumulative sum of row starts.
-
-    `RaggedTensor.value_rowids` computes it with a `repeat` (tile and mask) when the
-    tensor was built from row splits, as a gathered history is; this costs one
-    scatter and one cumsum over the flat values.
-    """
-    splits = ragged.row_splits
-    n = tf.shape(ragged.flat_values, out_type=splits.dtype)[0]
-    starts = splits[1:-1]  # where rows 1.. begin; an empty row repeats its neighbour's
-    marks = tf.scatter_nd(starts[:, None], tf.ones_like(starts), tf.reshape(n + 1, [1]))
-    return tf.math.cumsum(marks[:n])
 
 
 def _squeeze_last(inputs: Any) -> Any:

@@ -272,3 +272,15 @@ def test_shared_bag_gradient_stays_row_sparse():
     (grad,) = tape.gradient(loss, layer.trainable_variables)
     assert isinstance(grad, tf.IndexedSlices)
     assert set(grad.indices.numpy().tolist()) <= {3, 9, 500}
+
+
+def test_ragged_row_ids_equal_value_rowids_with_empty_rows():
+    from recsys._tf import ragged_row_ids
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lengths = rng.integers(0, 4, rng.integers(1, 12))  # empty rows anywhere
+        ragged = tf.RaggedTensor.from_row_lengths(
+            tf.range(int(lengths.sum()), dtype=tf.int64), tf.constant(lengths, tf.int64)
+        )
+        np.testing.assert_array_equal(ragged_row_ids(ragged), ragged.value_rowids())

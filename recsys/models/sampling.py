@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from recsys._tf import tf
+from recsys._tf import ragged_row_ids, tf
 from recsys.checks import check_positive_int
 
 __all__ = ["BagSampler"]
@@ -80,7 +80,7 @@ class BagSampler:
             owners: `[bags]` integer owner of each bag (e.g. the user's row).
             step: Scalar integer: the training step (a new sample at each step).
         """
-        rows = bags.value_rowids()
+        rows = ragged_row_ids(bags)
         members = bags.flat_values
         owner = tf.gather(tf.cast(owners, tf.int64), rows)
         threshold = tf.gather(self._probability(bags.row_lengths()), rows)
