@@ -106,8 +106,13 @@ def _index_batches(
     n: int, batch_size: int, shuffle: bool, seed: int, drop_remainder: bool
 ) -> tf.data.Dataset:
     """Batches of row indices; shuffled ones use a fresh seeded permutation per epoch."""
+    # flat_map and the remainder's filter hide the number of batches; Keras needs it to
+    # count an epoch's steps exactly (otherwise it adds one optimizer step per fit() call,
+    # which breaks exact resume) and to validate with steps_per_execution > 1.
+    n_batches = n // batch_size + (0 if drop_remainder or n % batch_size == 0 else 1)
+    known = tf.data.experimental.assert_cardinality(n_batches)
     if not shuffle:
-        return _batch_indices(tf.range(n, dtype=tf.int64), batch_size, drop_remainder)
+        return _batch_indices(tf.range(n, dtype=tf.int64), batch_size, drop_remainder).apply(known)
 
     def permute(epoch_seed: tf.Tensor) -> tf.data.Dataset:
         perm = tf.random.experimental.stateless_shuffle(
@@ -116,10 +121,7 @@ def _index_batches(
         return _batch_indices(perm, batch_size, drop_remainder)
 
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-    # flat_map hides the number of batches; Keras needs it to count an epoch's steps
-    # exactly (otherwise it adds one optimizer step per fit() call, which breaks exact resume).
-    n_batches = n // batch_size + (0 if drop_remainder or n % batch_size == 0 else 1)
-    return seeds.flat_map(permute).apply(tf.data.experimental.assert_cardinality(n_batches))
+    return seeds.flat_map(permute).apply(known)
 
 
 def ratings_dataset(

@@ -83,6 +83,19 @@ def test_shuffled_datasets_know_their_number_of_batches(ml, batch_size, drop_rem
     assert int(ds.cardinality()) == want == sum(1 for _ in ds)
 
 
+@pytest.mark.parametrize(
+    ("batch_size", "drop_remainder", "want"), [(5, False, 3), (4, False, 3), (5, True, 2)]
+)
+def test_unshuffled_datasets_know_their_number_of_batches(ml, batch_size, drop_remainder, want):
+    # Keras validates with steps_per_execution > 1 only on data of known length.
+    ds = ratings_dataset(ml.ratings, batch_size=batch_size, drop_remainder=drop_remainder)
+    assert int(ds.cardinality()) == want == sum(1 for _ in ds)
+    texts = ml.ratings.assign(text=ml.ratings["item_id"], label=0.0)[["text", "label"]]
+    if not drop_remainder:
+        ds = text_dataset(texts, batch_size=batch_size)
+        assert int(ds.cardinality()) == want == sum(1 for _ in ds)
+
+
 def test_ratings_with_unknown_items_are_refused(ml):
     bad = ml.ratings.copy()
     bad.loc[3, "item_id"] = "999"
