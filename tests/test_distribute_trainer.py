@@ -220,12 +220,19 @@ print("FRESH OK")
 def run_chief(
     tmp_path: Path, workers: int, mode: str, *overrides: str
 ) -> subprocess.CompletedProcess:
+    return run_on_cluster(tmp_path, workers, CHIEF, mode, *TINY, *overrides)
+
+
+def run_on_cluster(
+    tmp_path: Path, workers: int, script: str, *args: str
+) -> subprocess.CompletedProcess:
+    """`script` as the chief of a loopback cluster (2 PS): `script RUN_DIR DATA *args`."""
     chief = tmp_path / "chief.py"
-    chief.write_text(textwrap.dedent(CHIEF))
+    chief.write_text(textwrap.dedent(script))
     data = write_tiny_movielens(tmp_path / "ml-100k")
     argv = [sys.executable, "-m", "recsys.cluster", "local", "--ps", "2"]
     argv += ["--workers", str(workers), "--log-dir", str(tmp_path / "logs"), "--"]
-    argv += [sys.executable, str(chief), str(tmp_path / "run"), str(data), mode, *TINY, *overrides]
+    argv += [sys.executable, str(chief), str(tmp_path / "run"), str(data), *args]
     return subprocess.run(
         argv,
         capture_output=True,
@@ -393,26 +400,13 @@ print("CHIEF OK")
 @pytest.mark.slow
 def test_ranking_model_under_pss_trains_and_evaluates_without_whole_table_reads(tmp_path):
     """+experiment=movielens_ranking on 1 worker + 2 PS through recsys.train.train."""
-    chief = tmp_path / "chief.py"
-    chief.write_text(textwrap.dedent(RANKING_CHIEF))
-    data = write_tiny_movielens(tmp_path / "ml-100k")
     overrides = [
         "+experiment=movielens_ranking",
         *[o for o in TINY if not o.startswith("+experiment=")],
         "trainer.epochs=1",
         "model.embedding_dim=8",
     ]
-    argv = [sys.executable, "-m", "recsys.cluster", "local", "--ps", "2", "--workers", "1"]
-    argv += ["--log-dir", str(tmp_path / "logs"), "--", sys.executable, str(chief)]
-    argv += [str(tmp_path / "run"), str(data), *overrides]
-    done = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=CLUSTER_TIMEOUT,
-        env=cli_env(),
-        cwd=PROJECT_ROOT,
-    )
+    done = run_on_cluster(tmp_path, 1, RANKING_CHIEF, *overrides)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["shards"], "no sharded table: the test would prove nothing"
