@@ -100,17 +100,40 @@ def test_movielens_follows_the_design_protocol() -> None:
 @pytest.mark.parametrize(
     ("variant", "want"),
     [
-        ("100k", (512, 7, 64, 0.08, True, True)),
-        ("latest-small", (512, 7, 64, 0.08, True, True)),
-        ("1m", (4096, 8, 64, 0.05, False, False)),
-        ("25m", (4096, 8, 64, 0.05, False, False)),
+        ("100k", (512, 5, 64, 0.08, True, True, True)),
+        ("latest-small", (512, 5, 64, 0.08, True, True, True)),
+        ("1m", (4096, 8, 64, 0.05, False, False, False)),
+        ("25m", (4096, 8, 64, 0.05, False, False, False)),
     ],
 )
 def test_ranking_experiment_picks_the_recipe_of_the_variant(variant: str, want: tuple) -> None:
     cfg = compose_train(["+experiment=movielens_ranking", f"data.variant={variant}"])
     model = cfg.model
     got = (cfg.data.batch_size, cfg.trainer.epochs, model.embedding_dim, model.factors_l2)
-    assert (*got, model.use_history, model.use_rated_history) == want
+    flags = (model.use_history, model.use_rated_history, model.use_item_rated_history)
+    assert (*got, *flags) == want
+
+
+@pytest.mark.parametrize("variant", ["100k", "1m"])
+def test_ranking_recipe_learning_rate_builds_the_optimizer(variant: str) -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["+experiment=movielens_ranking", f"data.variant={variant}"])
+    optimizer = instantiate(cfg.optimizer)
+    rate = optimizer.learning_rate
+    if variant == "100k":  # cosine decay from 0.008 over 942 steps
+        schedule = optimizer._learning_rate
+        assert type(schedule).__name__ == "CosineDecay"
+        assert float(schedule(0)) == pytest.approx(0.008)
+        assert float(schedule(471)) == pytest.approx(0.004, rel=1e-5)
+        assert float(schedule(942)) == pytest.approx(0.0, abs=1e-9)
+    else:
+        assert float(rate) == pytest.approx(0.003)
+    # The command line still wins with a plain number.
+    cfg = compose_train(
+        ["+experiment=movielens_ranking", f"data.variant={variant}", "optimizer.learning_rate=0.01"]
+    )
+    assert float(instantiate(cfg.optimizer).learning_rate) == pytest.approx(0.01)
 
 
 def test_command_line_beats_the_ranking_recipe() -> None:
