@@ -267,13 +267,15 @@ class RetrievalModel(tfrs.Model):
         """
         user_ids = tf.reshape(user_ids, [-1])
         features: dict[str, Any] = {"user_id": user_ids}
+        if not (self.user_feature_names or self.use_history):
+            return features
         index = self.user_store.index(user_ids)
         if self.user_feature_names:
             features.update(self.user_store.gather(index, self.user_feature_names))
         if not self.use_history:
             return features
         distinct, bag = tf.unique(index)
-        bags = self.user_store.gather(distinct)["history"]
+        bags = self.user_store.gather(distinct, ["history"])["history"]
         sampler = self._history_sampler if step is not None else None
         if sampler is not None:
             lengths = tf.gather(bags.row_lengths(), bag)  # each example's whole history
