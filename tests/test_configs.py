@@ -52,6 +52,7 @@ def test_every_experiment_composes_to_importable_classes(experiment: str, tmp_pa
     [
         ("movielens", "RetrievalModel", "MovieLensDataModule", "test/recall@100"),
         ("movielens_ranking", "RankingModel", "MovieLensDataModule", "test/rmse"),
+        ("movielens_autorec", "AutoRecModel", "MovieLensDataModule", "test/rmse"),
         ("imdb", "TextClassifier", "ImdbDataModule", "test/accuracy"),
     ],
 )
@@ -237,3 +238,19 @@ def test_model_config_lists_every_argument_with_its_default(group: str) -> None:
         if name not in NOT_CONFIGURED
     }
     assert config == defaults
+
+
+@pytest.mark.parametrize(
+    ("variant", "want"), [("100k", (100, 200.0, 700)), ("1m", (60, 300.0, 900))]
+)
+def test_autorec_experiment_picks_the_recipe_of_the_variant(variant: str, want: tuple) -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["+experiment=movielens_autorec", f"data.variant={variant}"])
+    schedule = instantiate(cfg.optimizer)._learning_rate
+    assert type(schedule).__name__ == "CosineDecay"
+    assert (cfg.trainer.epochs, cfg.model.l2, schedule.decay_steps) == want
+    assert float(schedule(0)) == pytest.approx(0.002)
+    assert float(schedule(want[2])) == pytest.approx(0.0, abs=1e-9)
+    cfg = compose_train(["+experiment=movielens_autorec", f"data.variant={variant}", "model.l2=5"])
+    assert cfg.model.l2 == 5

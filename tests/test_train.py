@@ -261,6 +261,7 @@ REQUIRED_METRICS = {
         "test/popularity_top100_accuracy",
     },
     "movielens_ranking": {"test/rmse", "test/mae"},
+    "movielens_autorec": {"test/rmse", "test/mae"},
     "imdb": {"test/accuracy", "test/auc"},
 }
 
@@ -277,6 +278,8 @@ def tiny_datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _smoke_overrides(experiment: str, data: dict[str, Path]) -> list[str]:
     common = ["+debug=fast", f"data.data_dir={data['cache']}", "model.embedding_dim=8"]
+    if experiment == "movielens_autorec":
+        common[-1] = "model.hidden_units=8"
     if experiment == "imdb":
         return [
             *common,
@@ -336,7 +339,7 @@ def test_experiment_smoke_run(
         top = recommend(run_dir, "1", k=3)  # python -m recsys.recommend RUN_DIR --user-id 1 -k 3
         assert top["item_id"].tolist() == [i.decode() for i in out["item_ids"].numpy()[0][:3]]
         assert all(title.startswith("Movie number") for title in top["title"])
-    elif experiment == "movielens_ranking":
+    elif experiment in ("movielens_ranking", "movielens_autorec"):
         assert set(inputs) == {"user_id", "item_id"}
         out = serve(user_id=tf.constant(["1", "2"]), item_id=tf.constant(["1", "3"]))
         rating = out["rating"].numpy().reshape(-1)

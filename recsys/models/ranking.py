@@ -32,6 +32,16 @@ class RankingModel(tfrs.Model):
     error; predictions are clipped to the training ratings' range at evaluation and in
     the export.
 
+    With ``ensemble_size=K`` the model holds K such factorizations side by side (every
+    factor table K * `embedding_dim` wide, biases K wide), each with its own random
+    initialization, and predicts their mean rating. Each member is trained on its own
+    squared error, as if alone: the loss is the sum of the members' losses, the L2
+    penalties and the (element-wise) optimizer updates never mix members, so member k
+    follows exactly the trajectory of a single model started from its slice of the
+    weights on the same batches. Averaging K members lowers the error as an ensemble of
+    separately trained models does, at the cost of K times wider rows (the same rows are
+    read: not K times the lookups).
+
     Example:
 
     >>> model = RankingModel(data)  # data: recsys.data.InteractionData, e.g. MovieLens
@@ -64,6 +74,9 @@ class RankingModel(tfrs.Model):
         init_stddev: Standard deviation of the factors' normal initializer.
         history_max_length: Keep each user's most recent rated items only (by
             timestamp, when the data has them), or None for all of them.
+        ensemble_size: Number of factorizations trained side by side and averaged (1:
+            a single model). Not combined with `hidden_units` (one MLP over all
+            members would mix them).
         name: Model name.
 
     Raises:
@@ -85,6 +98,7 @@ class RankingModel(tfrs.Model):
         dropout: float = 0.0,
         init_stddev: float = 0.05,
         history_max_length: int | None = None,
+        ensemble_size: int = 1,
         name: str = "ranking",
     ) -> None:
         super().__init__(name=name)
@@ -95,6 +109,14 @@ class RankingModel(tfrs.Model):
         check_nonnegative("init_stddev", init_stddev)
         if history_max_length is not None:
             check_positive_int("history_max_length", history_max_length)
+        self.ensemble_size = check_positive_int("ensemble_size", ensemble_size)
+        if self.ensemble_size > 1 and hidden_units:
+            raise ValueError(
+                "An ensemble (ensemble_size > 1) is a sum of independent factorizations; "
+                "an MLP over all members would mix them. Received "
+                f"ensemble_size={ensemble_size} and hidden_units={list(hidden_units)}: "
+                "set one of them to its default (1 or [])."
+            )
         train = data.interactions("train")
         if train.ratings is None or not len(train):
             raise ValueError(
@@ -142,7 +164,7 @@ class RankingModel(tfrs.Model):
             )
         self.item_store = FeatureStore(self.item_ids, item_columns, name="item_features")
         table = {
-            "embedding_dim": embedding_dim,
+            "embedding_dim": embedding_dim * self.ensemble_size,
             "embeddings_l2": factors_l2,
             "embeddings_initializer": initializer,
         }
@@ -173,7 +195,11 @@ class RankingModel(tfrs.Model):
             }
         self.item_tower = Tower(item_features, combiner="sum", name="item_tower")
         if self.use_biases:
-            bias = {"kind": "id", "embedding_dim": 1, "embeddings_initializer": "zeros"}
+            bias = {
+                "kind": "id",
+                "embedding_dim": self.ensemble_size,
+                "embeddings_initializer": "zeros",
+            }
             self.user_bias = FeatureEmbedding(
                 vocabulary=self.user_ids, embeddings_l2=bias_l2, name="user_bias", **bias
             )
@@ -206,6 +232,7 @@ class RankingModel(tfrs.Model):
             "dropout": dropout,
             "init_stddev": init_stddev,
             "history_max_length": history_max_length,
+            "ensemble_size": self.ensemble_size,
         }
 
     def user_features(self, user_ids: Any, exclude_items: Any = None) -> dict[str, Any]:
@@ -257,7 +284,12 @@ class RankingModel(tfrs.Model):
 
     @no_autograph
     def call(self, features: dict[str, Any], training: bool | None = None) -> Any:
-        """Unclipped predicted ratings, `[batch]`."""
+        """Unclipped predicted ratings, `[batch]` (the members' mean in an ensemble)."""
+        return tf.reduce_mean(self.member_predictions(features, training=training), axis=-1)
+
+    @no_autograph
+    def member_predictions(self, features: dict[str, Any], training: bool | None = None) -> Any:
+        """Each member's unclipped predicted ratings, `[batch, ensemble_size]`."""
         user_ids = tf.reshape(features["user_id"], [-1])
         item_ids = tf.reshape(features["item_id"], [-1])
         user_inputs = self.user_features(user_ids, item_ids if training else None)
@@ -265,10 +297,12 @@ class RankingModel(tfrs.Model):
         items = self.item_tower(
             self.item_features(item_ids, user_ids if training else None), training=training
         )
-        prediction = self.global_mean + tf.reduce_sum(users * items, axis=-1)
+        members = self.ensemble_size
+        width = users.shape[-1] // members
+        products = tf.reshape(users * items, [-1, members, width])
+        prediction = self.global_mean + tf.reduce_sum(products, axis=-1)
         if self.use_biases:
-            prediction += tf.squeeze(self.user_bias(user_ids), -1)
-            prediction += tf.squeeze(self.item_bias(item_ids), -1)
+            prediction += self.user_bias(user_ids) + self.item_bias(item_ids)
         if self.mlp:
             x = tf.concat([users, items], axis=-1)
             for layer in self.mlp:
@@ -277,7 +311,7 @@ class RankingModel(tfrs.Model):
                     if isinstance(layer, keras.layers.Dropout)
                     else layer(x)
                 )
-            prediction += tf.squeeze(x, -1)
+            prediction += x
         return prediction
 
     def predict_ratings(self, user_ids: Any, item_ids: Any) -> Any:
@@ -286,9 +320,21 @@ class RankingModel(tfrs.Model):
         return tf.clip_by_value(prediction, self.min_rating, self.max_rating)
 
     def compute_loss(self, features: dict[str, Any], training: bool = False) -> Any:
-        prediction = self(features, training=training)
-        labels = tf.cast(tf.reshape(features["rating"], [-1, 1]), prediction.dtype)
-        losses = self.task(labels=labels, predictions=prediction[:, None])
+        members = self.member_predictions(features, training=training)
+        labels = tf.cast(tf.reshape(features["rating"], [-1, 1]), members.dtype)
+        if self.ensemble_size == 1:
+            losses = self.task(labels=labels, predictions=members)
+        else:
+            # Each member's own squared error, summed over members (Keras's MSE averages
+            # the last axis, hence the factor): members train as if alone. The metric
+            # (rmse) is the ensemble's.
+            tiled = tf.tile(labels, [1, self.ensemble_size])
+            losses = self.ensemble_size * self.task(
+                labels=tiled, predictions=members, compute_metrics=False
+            )
+            mean = tf.reduce_mean(members, axis=-1, keepdims=True)
+            with tf.control_dependencies([self.task(labels=labels, predictions=mean)]):
+                losses = tf.identity(losses)
         return tf.nn.compute_average_loss(losses)
 
     def evaluate_metrics(self, data: InteractionData, split: str = "test") -> dict[str, float]:

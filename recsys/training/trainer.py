@@ -105,6 +105,9 @@ def _split_dataset(model: keras.Model, data: Any, split: str) -> tf.data.Dataset
     then trains from token ids: the texts are vectorized once per split, before
     batching and caching, instead of in every training step.
     """
+    own = getattr(model, "train_dataset", None) if split == "train" else None
+    if callable(own):  # a model that trains on its own batches (e.g. AutoRecModel's items)
+        return own()
     method = getattr(data, f"{split}_dataset")
     encode = getattr(model, "encode_inputs", None)
     if isinstance(data, TextData) and encode is not None:

@@ -1,0 +1,141 @@
+"""AutoRecModel (I-AutoRec): predictions and loss against NumPy, row-sparse training,
+its own item batches, config round trip, export, and the front door."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+from recsys._tf import tf
+from recsys.models import AutoRecModel
+from recsys.optimizers import SparseAdam
+from tests.test_models import FakeMovieLens
+
+
+@pytest.fixture(scope="module")
+def movielens():
+    return FakeMovieLens()
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _reference(model, train, users, items):
+    """NumPy I-AutoRec: code_i = sigmoid(sum_u r_ui V_u + b); rating = W_u . code_i + c_u."""
+    V = model.encoder.embeddings.numpy()
+    W = model.decoder.embeddings.numpy()
+    c = model.user_bias.embeddings.numpy()[:, 0]
+    b = model.encoder_bias.numpy()
+    row = {u: k + 1 for k, u in enumerate(model.user_ids)}
+    out = []
+    for user, item in zip(users, items, strict=True):
+        rated = train[train["item_id"] == item]
+        if user not in set(train["user_id"]) or not len(rated):
+            out.append(model.global_mean)
+            continue
+        pooled = sum(r * V[row[u]] for u, r in zip(rated["user_id"], rated["rating"], strict=True))
+        out.append(float(_sigmoid(pooled + b) @ W[row[user]] + c[row[user]]))
+    return np.clip(out, model.min_rating, model.max_rating)
+
+
+def _trained(movielens, epochs=3, **kwargs):
+    tf.keras.utils.set_random_seed(0)
+    settings = {"hidden_units": 6, "l2": 5.0, "items_per_step": 8, **kwargs}
+    model = AutoRecModel(movielens, **settings)
+    model.compile(optimizer=SparseAdam(0.01))
+    model.fit(model.train_dataset(), epochs=epochs, verbose=0)
+    return model
+
+
+def test_predictions_match_numpy(movielens):
+    model = _trained(movielens)
+    users = [*list(movielens.test["user_id"][:20]), "nobody", "u1"]
+    items = [*list(movielens.test["item_id"][:20]), "i1", "no-such-item"]
+    got = model.predict_ratings(tf.constant(users), tf.constant(items)).numpy()
+    expected = _reference(model, movielens.train, users, items)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert got[-2] == pytest.approx(model.global_mean) and got[-1] == pytest.approx(
+        model.global_mean
+    )
+
+
+def test_training_loss_is_the_items_mean_squared_error_plus_the_rows_penalty(movielens):
+    model = _trained(movielens, epochs=1, l2=7.0)
+    train = movielens.train
+    batch = ["i3", "i5", "i11"]
+    loss = float(model.compute_loss({"item_id": tf.constant(batch)}, training=True))
+    rows = train[train["item_id"].isin(batch)]
+    predicted = [
+        _unclipped(model, train, u, i)
+        for u, i in zip(rows["user_id"], rows["item_id"], strict=True)
+    ]
+    mse = np.mean((rows["rating"].to_numpy() - np.array(predicted)) ** 2)
+    touched = [k + 1 for k, u in enumerate(model.user_ids) if u in set(rows["user_id"])]
+    squares = sum(
+        (table.numpy()[touched] ** 2).sum()
+        for table in (model.encoder.embeddings, model.decoder.embeddings)
+    )
+    penalty = 7.0 / (2 * len(train)) * squares
+    assert loss == pytest.approx(mse + penalty, rel=1e-4)
+
+
+def _unclipped(model, train, user, item):
+    V = model.encoder.embeddings.numpy()
+    W = model.decoder.embeddings.numpy()
+    c = model.user_bias.embeddings.numpy()[:, 0]
+    row = {u: k + 1 for k, u in enumerate(model.user_ids)}
+    rated = train[train["item_id"] == item]
+    pooled = sum(r * V[row[u]] for u, r in zip(rated["user_id"], rated["rating"], strict=True))
+    return _sigmoid(pooled + model.encoder_bias.numpy()) @ W[row[user]] + c[row[user]]
+
+
+def test_a_step_reads_and_updates_only_the_batch_raters_rows(movielens):
+    model = _trained(movielens, epochs=1)
+    batch = tf.constant(["i2", "i7"])
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss({"item_id": batch}, training=True)
+    tables = [model.encoder.embeddings, model.decoder.embeddings, model.user_bias.embeddings]
+    grads = tape.gradient(loss, tables)
+    assert all(isinstance(g, tf.IndexedSlices) for g in grads)
+    train = movielens.train
+    raters = set(train.loc[train["item_id"].isin(["i2", "i7"]), "user_id"])
+    rows = {k + 1 for k, u in enumerate(model.user_ids) if u in raters}
+    before = [t.numpy().copy() for t in tables]
+    model.optimizer.apply_gradients(zip(grads, tables, strict=False))
+    for old, table in zip(before, tables, strict=True):
+        changed = set(np.flatnonzero(np.any(old != table.numpy(), axis=1)))
+        assert changed == rows
+
+
+def test_train_dataset_lists_every_rated_item_once_per_epoch_in_a_new_order(movielens):
+    model = AutoRecModel(movielens, hidden_units=4, items_per_step=7, seed=3)
+    rated = sorted(set(movielens.train["item_id"]))
+    dataset = model.train_dataset()
+    epochs = [[i.decode() for b in dataset for i in b["item_id"].numpy()] for _ in range(2)]
+    assert sorted(epochs[0]) == rated and sorted(epochs[1]) == rated
+    assert epochs[0] != epochs[1]
+    assert int(dataset.cardinality()) == -(-len(rated) // 7)
+    again = AutoRecModel(movielens, hidden_units=4, items_per_step=7, seed=3).train_dataset()
+    assert [i.decode() for b in again for i in b["item_id"].numpy()] == epochs[0]
+
+
+def test_config_round_trip_export_and_validation(movielens, tmp_path):
+    model = _trained(movielens, epochs=1)
+    config = model.get_config()
+    assert AutoRecModel(movielens, **config).get_config() == config
+    users, items = (
+        movielens.test["user_id"].to_numpy()[:9],
+        movielens.test["item_id"].to_numpy()[:9],
+    )
+    folder = model.export(str(tmp_path))
+    serving = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    out = serving(user_id=tf.constant(users), item_id=tf.constant(items))["rating"].numpy()
+    np.testing.assert_allclose(out, model.predict_ratings(users, items).numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="activation='softmax'"):
+        AutoRecModel(movielens, activation="softmax")
+    with pytest.raises(ValueError, match="l2=-1"):
+        AutoRecModel(movielens, l2=-1)
+    with pytest.raises(ValueError, match="items_per_step=0"):
+        AutoRecModel(movielens, items_per_step=0)
