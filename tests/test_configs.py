@@ -101,10 +101,10 @@ def test_movielens_follows_the_design_protocol() -> None:
 @pytest.mark.parametrize(
     ("variant", "want"),
     [
-        ("100k", (512, 5, 64, 0.08, True, True, True)),
-        ("latest-small", (512, 5, 64, 0.08, True, True, True)),
-        ("1m", (4096, 8, 64, 0.05, False, False, False)),
-        ("25m", (4096, 8, 64, 0.05, False, False, False)),
+        ("100k", (512, 5, 64, 0.08, True, True, True, 1)),
+        ("latest-small", (512, 5, 64, 0.08, True, True, True, 1)),
+        ("1m", (4096, 8, 64, 0.05, False, False, False, 3)),
+        ("25m", (4096, 8, 64, 0.05, False, False, False, 3)),
     ],
 )
 def test_ranking_experiment_picks_the_recipe_of_the_variant(variant: str, want: tuple) -> None:
@@ -112,7 +112,7 @@ def test_ranking_experiment_picks_the_recipe_of_the_variant(variant: str, want: 
     model = cfg.model
     got = (cfg.data.batch_size, cfg.trainer.epochs, model.embedding_dim, model.factors_l2)
     flags = (model.use_history, model.use_rated_history, model.use_item_rated_history)
-    assert (*got, *flags) == want
+    assert (*got, *flags, model.ensemble_size) == want
 
 
 @pytest.mark.parametrize("variant", ["100k", "1m"])
