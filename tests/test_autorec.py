@@ -3,6 +3,8 @@ its own item batches, config round trip, export, and the front door."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -139,3 +141,39 @@ def test_config_round_trip_export_and_validation(movielens, tmp_path):
         AutoRecModel(movielens, l2=-1)
     with pytest.raises(ValueError, match="items_per_step=0"):
         AutoRecModel(movielens, items_per_step=0)
+
+
+def test_front_door_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
+    """`+experiment=movielens_autorec` trains on its own item batches; a run that fails
+    mid-epoch and is rerun ends with the weights of a run that never failed (the
+    items' order of each epoch is replayed from the seed)."""
+    from recsys.train import train
+    from tests.helpers.training import (
+        SimulatedFault,
+        compose_train,
+        fault_after,
+        write_tiny_movielens,
+    )
+
+    data = write_tiny_movielens(tmp_path / "ml-100k", num_items=60)
+    common = [
+        "+experiment=movielens_autorec",
+        f"data.path={data}",
+        f"data.data_dir={tmp_path / 'cache'}",
+        "model.hidden_units=8",
+        "model.items_per_step=16",  # 4 steps an epoch
+        "trainer.epochs=3",
+        "trainer.tensorboard=false",
+        "trainer.export=false",
+        "optimizer.learning_rate=0.01",
+    ]
+    _, reference = train(compose_train(common, run_dir=tmp_path / "reference"))
+    run_dir = tmp_path / "interrupted"
+    with pytest.raises(SimulatedFault):
+        train(compose_train([*common, fault_after(4 + 2)], run_dir=run_dir))
+    _, resumed = train(compose_train(common, run_dir=run_dir))
+    assert int(resumed["optimizer"].iterations.numpy()) == 3 * 4
+    for got, want in zip(resumed["model"].weights, reference["model"].weights, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written["resumed_from_epoch"] == 1
