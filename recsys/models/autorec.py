@@ -99,12 +99,13 @@ class AutoRecModel(tfrs.Model):
         self.min_rating = float(ratings.min())
         self.max_rating = float(ratings.max())
         self.user_ids = vocabulary(data.user_vocabulary)
-        self.item_ids = data.catalogue().ids
+        catalogue = data.catalogue()
+        self.item_ids = catalogue.ids
         self.items_per_step = int(items_per_step)
         self.seed = int(seed)
         # Rows of the user tables are user positions + 1: row 0 is for unknown users.
         user_rows = positions(self.user_ids, train.users)[train.user_index]
-        item_rows = data.catalogue().rows(train.items)[train.item_index]
+        item_rows = catalogue.rows(train.items)[train.item_index]
         known = (user_rows >= 0) & (item_rows >= 0)
         bags = Histories.group(
             self.item_ids, np.where(known, item_rows, -1), user_rows + 1, ratings
@@ -128,7 +129,7 @@ class AutoRecModel(tfrs.Model):
         self.bias_l2 = float(bias_l2)
         initializer = keras.initializers.RandomNormal(stddev=float(init_stddev))
         rows = len(self.user_ids) + 1
-        # No table-wide regularizer: the penalty is added in `_user_rows` (see there).
+        # No table-wide regularizer: each step penalizes the rows it reads (`_penalty`).
         self.encoder = Embedding(
             rows, hidden_units, embeddings_initializer=initializer, name="encoder"
         )
@@ -184,7 +185,7 @@ class AutoRecModel(tfrs.Model):
         """
         return l2 / (2.0 * self._train_ratings) * tf.reduce_sum(tf.square(rows))
 
-    def _encode(self, item_index: Any, dense: bool = False) -> tuple[Any, Any, Any, Any]:
+    def _encode(self, item_index: Any, dense: bool = False) -> tuple[Any, ...]:
         """Codes of the items at store rows `item_index`, and what decoding them needs.
 
         The items' ratings form an `[items, distinct users]` matrix (the users they
@@ -194,10 +195,11 @@ class AutoRecModel(tfrs.Model):
         keep it sparse.
 
         Returns:
-            ``(codes, coords, distinct, encoder_rows)``: codes `[n, hidden_units]`;
-            ``coords`` `[ratings, 2]` (item in `item_index`, position in ``distinct``)
-            of each training rating, the items' bags one after the other; ``distinct``
-            the users rated (table rows); ``encoder_rows`` their encoder rows.
+            ``(codes, coords, ratings, distinct, encoder_rows)``: codes
+            `[n, hidden_units]`; the items' training ratings, flat (the bags one after
+            the other), with ``coords`` `[ratings, 2]` (item in `item_index`, position
+            in ``distinct``) for each; ``distinct`` the users who rated them (table
+            rows) and ``encoder_rows`` their encoder rows.
         """
         stored = self.item_store.gather(item_index)
         raters, ratings = stored["raters"], stored["ratings"]
@@ -216,7 +218,7 @@ class AutoRecModel(tfrs.Model):
             matrix = tf.SparseTensor(coords, ratings.values, shape)
             pooled = tf.sparse.sparse_dense_matmul(matrix, encoder_rows)
         codes = self.activation(pooled + self.encoder_bias)
-        return codes, coords, distinct, encoder_rows
+        return codes, coords, ratings.values, distinct, encoder_rows
 
     def item_codes(self, item_index: Any) -> Any:
         """`[n, hidden_units]` codes of the items at store rows `item_index`.
@@ -234,8 +236,7 @@ class AutoRecModel(tfrs.Model):
             rows read (see :meth:`_penalty`).
         """
         index = self.item_store.index(tf.reshape(item_ids, [-1]))
-        codes, coords, distinct, encoder_rows = self._encode(index, dense=True)
-        ratings = self.item_store.gather(index, ["ratings"])["ratings"].values
+        codes, coords, ratings, distinct, encoder_rows = self._encode(index, dense=True)
         decoded = self.decoder(distinct)
         bias = self.user_bias(distinct)
         scores = tf.matmul(codes, decoded, transpose_b=True) + tf.transpose(bias)
