@@ -43,6 +43,8 @@ class AutoRecModel(tfrs.Model):
     once each (rows it does not read are left alone). Validation and test batches are the
     data's (user, item, rating) pairs. A user or an item without training ratings is
     predicted the training mean; predictions are clipped to the training ratings' range.
+    Trained and tested in one process; runs under a `tf.distribute` strategy
+    (`distribute=...`) are not tested yet.
 
     Example:
 
