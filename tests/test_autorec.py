@@ -3,9 +3,11 @@ its own item batches, config round trip, export, and the front door."""
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
@@ -47,7 +49,7 @@ def _trained(movielens, epochs=3, **kwargs):
     settings = {"hidden_units": 6, "l2": 5.0, "items_per_step": 8, **kwargs}
     model = AutoRecModel(movielens, **settings)
     model.compile(optimizer=SparseAdam(0.01))
-    model.fit(model.train_dataset(), epochs=epochs, verbose=0)
+    model.fit(model.training_batches(), epochs=epochs, verbose=0)
     return model
 
 
@@ -111,15 +113,15 @@ def test_a_step_reads_and_updates_only_the_batch_raters_rows(movielens):
         assert changed == rows
 
 
-def test_train_dataset_lists_every_rated_item_once_per_epoch_in_a_new_order(movielens):
+def test_training_batches_list_every_rated_item_once_per_epoch_in_a_new_order(movielens):
     model = AutoRecModel(movielens, hidden_units=4, items_per_step=7, seed=3)
     rated = sorted(set(movielens.train["item_id"]))
-    dataset = model.train_dataset()
+    dataset = model.training_batches()
     epochs = [[i.decode() for b in dataset for i in b["item_id"].numpy()] for _ in range(2)]
     assert sorted(epochs[0]) == rated and sorted(epochs[1]) == rated
     assert epochs[0] != epochs[1]
     assert int(dataset.cardinality()) == -(-len(rated) // 7)
-    again = AutoRecModel(movielens, hidden_units=4, items_per_step=7, seed=3).train_dataset()
+    again = AutoRecModel(movielens, hidden_units=4, items_per_step=7, seed=3).training_batches()
     assert [i.decode() for b in again for i in b["item_id"].numpy()] == epochs[0]
 
 
@@ -127,6 +129,8 @@ def test_config_round_trip_export_and_validation(movielens, tmp_path):
     model = _trained(movielens, epochs=1)
     config = model.get_config()
     assert AutoRecModel(movielens, **config).get_config() == config
+    parameters = set(inspect.signature(AutoRecModel).parameters) - {"data", "name"}
+    assert set(config) == parameters
     users, items = (
         movielens.test["user_id"].to_numpy()[:9],
         movielens.test["item_id"].to_numpy()[:9],
@@ -177,3 +181,26 @@ def test_front_door_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tm
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
     written = json.loads((run_dir / "metrics.json").read_text())
     assert written["resumed_from_epoch"] == 1
+
+
+def test_tables_start_apart_and_an_unrated_catalogue_item_gets_the_mean(movielens):
+    model = AutoRecModel(movielens, hidden_units=6)
+    model(next(iter(model.training_batches())))  # builds the tables, untrained
+    encoder, decoder = model.encoder.embeddings.numpy(), model.decoder.embeddings.numpy()
+    assert not np.allclose(encoder, decoder)  # two tables, not one initializer's copy
+
+    class WithAnUnratedItem(FakeMovieLens):
+        def __init__(self):
+            super().__init__()
+            extra = self.items.iloc[:1].assign(item_id="i-never-rated")
+            self.items = pd.concat([self.items, extra], ignore_index=True)
+
+    data = WithAnUnratedItem()
+    model = _trained(data, epochs=1)
+    assert "i-never-rated" in list(model.item_ids)
+    assert "i-never-rated" not in [
+        i.decode() for b in model.training_batches() for i in b["item_id"].numpy()
+    ]
+    user = data.train["user_id"].iloc[0]
+    got = model.predict_ratings(tf.constant([user]), tf.constant(["i-never-rated"])).numpy()
+    assert got[0] == pytest.approx(model.global_mean)

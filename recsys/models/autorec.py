@@ -34,7 +34,7 @@ class AutoRecModel(tfrs.Model):
 
     Training goes item by item, as the paper does: a step takes `items_per_step` items
     and reconstructs every training rating of each (the model's own
-    :meth:`train_dataset`, which :class:`recsys.training.Trainer` uses; each bag is
+    :meth:`training_batches`, which :class:`recsys.training.Trainer` uses; each bag is
     encoded once per epoch). The step lays its ratings out as a dense
     `[items, distinct users]` matrix of the users it touches, so encoding and decoding
     are matrix products. The loss is the mean squared error over the batch's ratings
@@ -44,13 +44,14 @@ class AutoRecModel(tfrs.Model):
     data's (user, item, rating) pairs. A user or an item without training ratings is
     predicted the training mean; predictions are clipped to the training ratings' range.
     Trained and tested in one process; runs under a `tf.distribute` strategy
-    (`distribute=...`) are not tested yet.
+    (`distribute=...`) are not tested yet (with several replicas the per-step penalty
+    would be counted once per replica).
 
     Example:
 
     >>> model = AutoRecModel(data, hidden_units=500, l2=300.0)  # data: e.g. MovieLens
     >>> model.compile(optimizer=recsys.optimizers.SparseAdam(0.002))
-    >>> model.fit(model.train_dataset(), epochs=100)  # batches of 256 items
+    >>> model.fit(model.training_batches(), epochs=100)  # batches of 256 items
     >>> model.evaluate_metrics(data)  # {'test/rmse': ..., 'test/mae': ...}
     >>> model.export("/tmp/autorec")  # serving_default: (user_id, item_id) -> rating
 
@@ -129,7 +130,9 @@ class AutoRecModel(tfrs.Model):
         self._train_ratings = len(bags.members)
         self.l2 = float(l2)
         self.bias_l2 = float(bias_l2)
-        initializer = keras.initializers.RandomNormal(stddev=float(init_stddev))
+        # A config, not one initializer object: tf-keras would give both tables the
+        # same values from one unseeded instance.
+        initializer = {"class_name": "RandomNormal", "config": {"stddev": float(init_stddev)}}
         rows = len(self.user_ids) + 1
         # No table-wide regularizer: each step penalizes the rows it reads (`_penalty`).
         self.encoder = Embedding(
@@ -161,12 +164,14 @@ class AutoRecModel(tfrs.Model):
         }
 
     # ------------------------------------------------------------------ parts
-    def train_dataset(self) -> tf.data.Dataset:
+    def training_batches(self) -> tf.data.Dataset:
         """The training batches: `items_per_step` item ids at a time, a new order each epoch.
 
         Only items with training ratings are listed; the last batch may be smaller. The
-        order is a function of `seed` and the epoch, so a resumed run sees the orders an
-        uninterrupted one does.
+        order is a function of `seed`, TensorFlow's global seed (which `recsys.train`
+        sets from the config's `seed`) and the epoch, so a resumed run sees the orders
+        an uninterrupted one does. :class:`recsys.training.Trainer` trains on these
+        batches instead of the data's training pairs.
         """
         ids = np.asarray(self.item_ids, dtype=object)[self._rated_items].astype(str)
         batches = -(-len(ids) // self.items_per_step)
@@ -252,7 +257,7 @@ class AutoRecModel(tfrs.Model):
     def call(self, features: dict[str, Any], training: bool | None = None) -> Any:
         """Predicted ratings of `(user_id, item_id)` pairs, `[batch]`, unclipped.
 
-        A batch of items alone (a training batch, see :meth:`train_dataset`) gives its
+        A batch of items alone (a training batch, see :meth:`training_batches`) gives its
         reconstructed ratings instead (:meth:`reconstruct`).
         """
         if "user_id" not in features:

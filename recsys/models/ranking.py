@@ -36,11 +36,14 @@ class RankingModel(tfrs.Model):
     factor table K * `embedding_dim` wide, biases K wide), each with its own random
     initialization, and predicts their mean rating. Each member is trained on its own
     squared error, as if alone: the loss is the sum of the members' losses, the L2
-    penalties and the (element-wise) optimizer updates never mix members, so member k
-    follows exactly the trajectory of a single model started from its slice of the
-    weights on the same batches. Averaging K members lowers the error as an ensemble of
-    separately trained models does, at the cost of K times wider rows (the same rows are
-    read: not K times the lookups).
+    penalties and element-wise optimizer updates (Adam, SparseAdam, Adagrad) never mix
+    members, so member k follows exactly the trajectory of a single model started from
+    its slice of the weights on the same batches. Optimizers that look at whole rows or
+    all gradients (row-wise Adagrad, norm clipping) couple the members. Averaging K
+    members lowers the error as an ensemble of separately trained models does, at the
+    cost of K times wider rows (the same rows are read: not K times the lookups). The
+    reported ``loss`` is then the sum of the members' errors; ``rmse`` (and
+    ``val_rmse``, the metric to monitor) is the ensemble's.
 
     Example:
 
@@ -302,7 +305,8 @@ class RankingModel(tfrs.Model):
         products = tf.reshape(users * items, [-1, members, width])
         prediction = self.global_mean + tf.reduce_sum(products, axis=-1)
         if self.use_biases:
-            prediction += self.user_bias(user_ids) + self.item_bias(item_ids)
+            prediction += self.user_bias(user_ids)
+            prediction += self.item_bias(item_ids)
         if self.mlp:
             x = tf.concat([users, items], axis=-1)
             for layer in self.mlp:

@@ -105,7 +105,7 @@ def _split_dataset(model: keras.Model, data: Any, split: str) -> tf.data.Dataset
     then trains from token ids: the texts are vectorized once per split, before
     batching and caching, instead of in every training step.
     """
-    own = getattr(model, "train_dataset", None) if split == "train" else None
+    own = getattr(model, "training_batches", None) if split == "train" else None
     if callable(own):  # a model that trains on its own batches (e.g. AutoRecModel's items)
         return own()
     method = getattr(data, f"{split}_dataset")
