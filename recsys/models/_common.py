@@ -1,7 +1,16 @@
-"""What the task models share: the evaluation split check and the model's seen pairs."""
+"""What the task models share: the evaluation split check, the model's seen pairs, and
+the rating models' metrics and export."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys import evaluation
+from recsys._tf import tf
 from recsys.checks import check_choice
 
 EVAL_SPLITS = ("val", "test")
@@ -15,3 +24,57 @@ def check_eval_split(split: str) -> str:
 def seen_splits(split: str) -> tuple[str, ...]:
     """The splits a model has seen before ``split``: train, and val before test."""
     return ("train", "val") if check_eval_split(split) == "test" else ("train",)
+
+
+def rating_metrics(
+    predict_ratings: Callable[[Any, Any], Any], data: Any, split: str
+) -> dict[str, float]:
+    """RMSE and MAE of `predict_ratings(users, items)` on `data`'s `split`.
+
+    Returns:
+        ``{split}/rmse`` and ``{split}/mae``, the split scored 65,536 pairs at a time.
+
+    Raises:
+        ValueError: The split is not val/test, is empty or has no ratings.
+    """
+    rows = data.interactions(check_eval_split(split))
+    if not len(rows) or rows.ratings is None:
+        raise ValueError(f"The data's {split!r} split is empty or has no ratings.")
+    users, items = rows.user_ids(), rows.item_ids()
+    predictions = np.concatenate(
+        [
+            predict_ratings(
+                tf.constant(users[i : i + 65536]), tf.constant(items[i : i + 65536])
+            ).numpy()
+            for i in range(0, len(rows), 65536)
+        ]
+    )
+    truth = rows.ratings.astype(np.float64)
+    return {
+        f"{split}/rmse": evaluation.rmse(truth, predictions),
+        f"{split}/mae": evaluation.mae(truth, predictions),
+    }
+
+
+def export_ratings(model: Any, path: str) -> Path:
+    """A SavedModel of `model.predict_ratings` under `path/1`: ``(user_id, item_id)``
+    strings `[None]` -> ``{"rating"}``; returns its folder."""
+    from recsys.serving import save_versioned
+
+    module = _RatingExport(model)
+    return save_versioned(module, path, {"serving_default": module.serve}, version=1)
+
+
+class _RatingExport(tf.Module):
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="user_id"),
+            tf.TensorSpec([None], tf.string, name="item_id"),
+        ]
+    )
+    def serve(self, user_id: Any, item_id: Any) -> dict[str, Any]:
+        return {"rating": self.model.predict_ratings(user_id, item_id)}

@@ -8,13 +8,12 @@ from typing import Any
 import numpy as np
 import tensorflow_recommenders as tfrs
 
-from recsys import evaluation
 from recsys._tf import keras, no_autograph, ragged_row_ids, tf
 from recsys.checks import check_choice, check_nonnegative, check_positive_int
 from recsys.data.contract import Histories, InteractionData, positions
 from recsys.data.vocabulary import vocabulary
 from recsys.layers import Embedding
-from recsys.models._common import check_eval_split
+from recsys.models._common import export_ratings, rating_metrics
 from recsys.models.features import FeatureStore
 
 __all__ = ["AutoRecModel"]
@@ -290,23 +289,7 @@ class AutoRecModel(tfrs.Model):
     # ---------------------------------------------------------- evaluation
     def evaluate_metrics(self, data: InteractionData, split: str = "test") -> dict[str, float]:
         """RMSE and MAE of clipped predictions on `split`: `{split}/rmse`, `{split}/mae`."""
-        rows = data.interactions(check_eval_split(split))
-        if not len(rows) or rows.ratings is None:
-            raise ValueError(f"The data's {split!r} split is empty or has no ratings.")
-        users, items = rows.user_ids(), rows.item_ids()
-        predictions = np.concatenate(
-            [
-                self.predict_ratings(
-                    tf.constant(users[i : i + 65536]), tf.constant(items[i : i + 65536])
-                ).numpy()
-                for i in range(0, len(rows), 65536)
-            ]
-        )
-        truth = rows.ratings.astype(np.float64)
-        return {
-            f"{split}/rmse": evaluation.rmse(truth, predictions),
-            f"{split}/mae": evaluation.mae(truth, predictions),
-        }
+        return rating_metrics(self.predict_ratings, data, split)
 
     def export(self, path: str, data: Any = None) -> Path:
         """Writes a SavedModel under `path/<version>`: ``(user_id, item_id)`` strings `[None]` -> ``{"rating"}``.
@@ -318,25 +301,7 @@ class AutoRecModel(tfrs.Model):
         Returns:
             The SavedModel's folder.
         """
-        from recsys.serving import save_versioned
-
-        module = _AutoRecExport(self)
-        return save_versioned(module, path, {"serving_default": module.serve}, version=1)
+        return export_ratings(self, path)
 
     def get_config(self) -> dict[str, Any]:
         return dict(self._config)
-
-
-class _AutoRecExport(tf.Module):
-    def __init__(self, model: AutoRecModel) -> None:
-        super().__init__()
-        self.model = model
-
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None], tf.string, name="user_id"),
-            tf.TensorSpec([None], tf.string, name="item_id"),
-        ]
-    )
-    def serve(self, user_id: Any, item_id: Any) -> dict[str, Any]:
-        return {"rating": self.model.predict_ratings(user_id, item_id)}

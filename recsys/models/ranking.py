@@ -9,12 +9,11 @@ from typing import Any
 import numpy as np
 import tensorflow_recommenders as tfrs
 
-from recsys import evaluation
 from recsys._tf import keras, no_autograph, tf
 from recsys.checks import check_choice, check_nonnegative, check_positive_int
 from recsys.data.contract import Histories, InteractionData, positions
 from recsys.data.vocabulary import vocabulary
-from recsys.models._common import check_eval_split
+from recsys.models._common import export_ratings, rating_metrics
 from recsys.models.features import FeatureStore, PairIndex
 from recsys.towers import FeatureEmbedding, Tower
 
@@ -343,23 +342,7 @@ class RankingModel(tfrs.Model):
 
     def evaluate_metrics(self, data: InteractionData, split: str = "test") -> dict[str, float]:
         """RMSE and MAE of clipped predictions on `split`: `{split}/rmse`, `{split}/mae`."""
-        rows = data.interactions(check_eval_split(split))
-        if not len(rows) or rows.ratings is None:
-            raise ValueError(f"The data's {split!r} split is empty or has no ratings.")
-        users, items = rows.user_ids(), rows.item_ids()
-        predictions = np.concatenate(
-            [
-                self.predict_ratings(
-                    tf.constant(users[i : i + 65536]), tf.constant(items[i : i + 65536])
-                ).numpy()
-                for i in range(0, len(rows), 65536)
-            ]
-        )
-        truth = rows.ratings.astype(np.float64)
-        return {
-            f"{split}/rmse": evaluation.rmse(truth, predictions),
-            f"{split}/mae": evaluation.mae(truth, predictions),
-        }
+        return rating_metrics(self.predict_ratings, data, split)
 
     def export(self, path: str, data: Any = None) -> Path:
         """Writes a SavedModel under `path/<version>`: ``(user_id, item_id)`` strings `[None]` -> ``{"rating"}``.
@@ -371,28 +354,10 @@ class RankingModel(tfrs.Model):
         Returns:
             The SavedModel's folder.
         """
-        from recsys.serving import save_versioned
-
-        module = _RankingExport(self)
-        return save_versioned(module, path, {"serving_default": module.serve}, version=1)
+        return export_ratings(self, path)
 
     def get_config(self) -> dict[str, Any]:
         return dict(self._config)
-
-
-class _RankingExport(tf.Module):
-    def __init__(self, model: RankingModel) -> None:
-        super().__init__()
-        self.model = model
-
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None], tf.string, name="user_id"),
-            tf.TensorSpec([None], tf.string, name="item_id"),
-        ]
-    )
-    def serve(self, user_id: Any, item_id: Any) -> dict[str, Any]:
-        return {"rating": self.model.predict_ratings(user_id, item_id)}
 
 
 def _bag_columns(bags: Histories, members: str, weights: str) -> dict[str, Any]:
