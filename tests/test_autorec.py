@@ -14,6 +14,14 @@ import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from recsys._tf import tf
 from recsys.models import AutoRecModel
 from recsys.optimizers import SparseAdam
+from recsys.train import train
+from tests.helpers.training import (
+    SimulatedFault,
+    compose_train,
+    fault_after,
+    process_state_restored,
+    write_tiny_movielens,
+)
 from tests.test_models import FakeMovieLens
 
 
@@ -151,14 +159,6 @@ def test_front_door_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tm
     """`+experiment=movielens_autorec` trains on its own item batches; a run that fails
     mid-epoch and is rerun ends with the weights of a run that never failed (the
     items' order of each epoch is replayed from the seed)."""
-    from recsys.train import train
-    from tests.helpers.training import (
-        SimulatedFault,
-        compose_train,
-        fault_after,
-        write_tiny_movielens,
-    )
-
     data = write_tiny_movielens(tmp_path / "ml-100k", num_items=60)
     common = [
         "+experiment=movielens_autorec",
@@ -171,11 +171,13 @@ def test_front_door_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tm
         "trainer.export=false",
         "optimizer.learning_rate=0.01",
     ]
-    _, reference = train(compose_train(common, run_dir=tmp_path / "reference"))
-    run_dir = tmp_path / "interrupted"
-    with pytest.raises(SimulatedFault):
-        train(compose_train([*common, fault_after(4 + 2)], run_dir=run_dir))
-    _, resumed = train(compose_train(common, run_dir=run_dir))
+    # A run sets the hardware plan's environment and pinning: undone for later tests.
+    with process_state_restored():
+        _, reference = train(compose_train(common, run_dir=tmp_path / "reference"))
+        run_dir = tmp_path / "interrupted"
+        with pytest.raises(SimulatedFault):
+            train(compose_train([*common, fault_after(4 + 2)], run_dir=run_dir))
+        _, resumed = train(compose_train(common, run_dir=run_dir))
     assert int(resumed["optimizer"].iterations.numpy()) == 3 * 4
     for got, want in zip(resumed["model"].weights, reference["model"].weights, strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
