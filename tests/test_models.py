@@ -382,6 +382,26 @@ def test_ranking_validates_arguments(movielens):
         RankingModel(movielens, history_pooling="max")
 
 
+@pytest.mark.parametrize("name", ["RankingModel", "AutoRecModel"])
+def test_rating_models_start_from_the_training_ratings_and_refuse_data_without(name):
+    import recsys.models
+
+    model_class = getattr(recsys.models, name)
+    data = FakeMovieLens()
+    model = model_class(data)
+    ratings = data.train["rating"].to_numpy(np.float64)
+    assert model.global_mean == pytest.approx(ratings.mean(), rel=1e-12)
+    assert (model.min_rating, model.max_rating) == (ratings.min(), ratings.max())
+    unrated = FakeMovieLens()
+    unrated.train = unrated.train.drop(columns="rating")
+    with pytest.raises(ValueError, match=f"{name} needs training interactions with ratings"):
+        model_class(unrated)
+    empty = FakeMovieLens()
+    empty.train = empty.train.iloc[:0]
+    with pytest.raises(ValueError, match="training split has 0 rows"):
+        model_class(empty)
+
+
 def test_text_classifier_learns_and_exports(imdb, tmp_path):
     tf.keras.utils.set_random_seed(0)
     model = TextClassifier(imdb, max_tokens=200, sequence_length=30, embedding_dim=16, dropout=0.1)

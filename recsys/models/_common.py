@@ -1,16 +1,17 @@
 """What the task models share: the evaluation split check, the model's seen pairs, and
-the rating models' metrics and export."""
+the rating models' training ratings, task, metrics and export."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import tensorflow_recommenders as tfrs
 
 from recsys import evaluation
-from recsys._tf import tf
+from recsys._tf import keras, tf
 from recsys.checks import check_choice
 
 EVAL_SPLITS = ("val", "test")
@@ -24,6 +25,43 @@ def check_eval_split(split: str) -> str:
 def seen_splits(split: str) -> tuple[str, ...]:
     """The splits a model has seen before ``split``: train, and val before test."""
     return ("train", "val") if check_eval_split(split) == "test" else ("train",)
+
+
+class TrainingRatings(NamedTuple):
+    """A rating model's training split and what its predictions start from."""
+
+    split: Any  # recsys.data.contract.Interactions
+    ratings: np.ndarray  # float64, one per training row
+    mean: float
+    low: float
+    high: float
+
+
+def training_ratings(data: Any, model: str) -> TrainingRatings:
+    """`data`'s training split, its ratings and their mean, minimum and maximum.
+
+    Raises:
+        ValueError: The training split is empty or has no ratings (`model` names the
+            model that needs them).
+    """
+    train = data.interactions("train")
+    if train.ratings is None or not len(train):
+        raise ValueError(
+            f"{model} needs training interactions with ratings; the data's training split "
+            f"has {len(train)} rows and {'no' if train.ratings is None else ''} ratings."
+        )
+    ratings = train.ratings.astype(np.float64)
+    return TrainingRatings(
+        train, ratings, float(ratings.mean()), float(ratings.min()), float(ratings.max())
+    )
+
+
+def rating_task() -> tfrs.tasks.Ranking:
+    """The rating models' TFRS task: per-example squared errors and an ``rmse`` metric."""
+    return tfrs.tasks.Ranking(
+        loss=keras.losses.MeanSquaredError(reduction=keras.losses.Reduction.NONE),
+        metrics=[keras.metrics.RootMeanSquaredError(name="rmse")],
+    )
 
 
 def rating_metrics(

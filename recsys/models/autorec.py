@@ -13,7 +13,7 @@ from recsys.checks import check_choice, check_nonnegative, check_positive_int
 from recsys.data.contract import Histories, InteractionData, positions
 from recsys.data.vocabulary import vocabulary
 from recsys.layers import Embedding
-from recsys.models._common import export_ratings, rating_metrics
+from recsys.models._common import export_ratings, rating_metrics, rating_task, training_ratings
 from recsys.models.features import FeatureStore
 
 __all__ = ["AutoRecModel"]
@@ -90,16 +90,10 @@ class AutoRecModel(tfrs.Model):
         check_nonnegative("bias_l2", bias_l2)
         check_nonnegative("init_stddev", init_stddev)
         check_positive_int("items_per_step", items_per_step)
-        train = data.interactions("train")
-        if train.ratings is None or not len(train):
-            raise ValueError(
-                "AutoRecModel needs training interactions with ratings; the data's training "
-                f"split has {len(train)} rows and {'no' if train.ratings is None else ''} ratings."
-            )
-        ratings = train.ratings.astype(np.float32)
-        self.global_mean = float(ratings.astype(np.float64).mean())
-        self.min_rating = float(ratings.min())
-        self.max_rating = float(ratings.max())
+        train, ratings, self.global_mean, self.min_rating, self.max_rating = training_ratings(
+            data, "AutoRecModel"
+        )
+        ratings = ratings.astype(np.float32)
         self.user_ids = vocabulary(data.user_vocabulary)
         catalogue = data.catalogue()
         self.item_ids = catalogue.ids
@@ -148,10 +142,7 @@ class AutoRecModel(tfrs.Model):
         self._user_lookup = keras.layers.StringLookup(
             vocabulary=np.asarray(self.user_ids), num_oov_indices=1, mask_token=None
         )
-        self.task = tfrs.tasks.Ranking(
-            loss=keras.losses.MeanSquaredError(reduction=keras.losses.Reduction.NONE),
-            metrics=[keras.metrics.RootMeanSquaredError(name="rmse")],
-        )
+        self.task = rating_task()
         self._config = {
             "hidden_units": hidden_units,
             "activation": activation,

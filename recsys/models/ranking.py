@@ -13,7 +13,7 @@ from recsys._tf import keras, no_autograph, tf
 from recsys.checks import check_choice, check_nonnegative, check_positive_int
 from recsys.data.contract import Histories, InteractionData, positions
 from recsys.data.vocabulary import vocabulary
-from recsys.models._common import export_ratings, rating_metrics
+from recsys.models._common import export_ratings, rating_metrics, rating_task, training_ratings
 from recsys.models.features import FeatureStore, PairIndex
 from recsys.towers import FeatureEmbedding, Tower
 
@@ -119,16 +119,9 @@ class RankingModel(tfrs.Model):
                 f"ensemble_size={ensemble_size} and hidden_units={list(hidden_units)}: "
                 "set one of them to its default (1 or [])."
             )
-        train = data.interactions("train")
-        if train.ratings is None or not len(train):
-            raise ValueError(
-                "RankingModel needs training interactions with ratings; the data's training "
-                f"split has {len(train)} rows and {'no' if train.ratings is None else ''} ratings."
-            )
-        ratings = train.ratings.astype(np.float64)
-        self.global_mean = float(ratings.mean())
-        self.min_rating = float(ratings.min())
-        self.max_rating = float(ratings.max())
+        train, ratings, self.global_mean, self.min_rating, self.max_rating = training_ratings(
+            data, "RankingModel"
+        )
         catalogue = data.catalogue()
         self.user_ids = vocabulary(data.user_vocabulary)
         self.item_ids = catalogue.ids
@@ -217,10 +210,7 @@ class RankingModel(tfrs.Model):
             self.mlp.append(keras.layers.Dense(1, kernel_initializer="zeros"))
         # Per-example squared errors, averaged by `tf.nn.compute_average_loss` so the
         # loss is right under a tf.distribute strategy too.
-        self.task = tfrs.tasks.Ranking(
-            loss=keras.losses.MeanSquaredError(reduction=keras.losses.Reduction.NONE),
-            metrics=[keras.metrics.RootMeanSquaredError(name="rmse")],
-        )
+        self.task = rating_task()
         self._config = {
             "embedding_dim": embedding_dim,
             "use_biases": use_biases,
