@@ -206,3 +206,94 @@ def test_tables_start_apart_and_an_unrated_catalogue_item_gets_the_mean(movielen
     user = data.train["user_id"].iloc[0]
     got = model.predict_ratings(tf.constant([user]), tf.constant(["i-never-rated"])).numpy()
     assert got[0] == pytest.approx(model.global_mean)
+
+
+_MIRRORED_SCRIPT = r"""
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+
+import recsys
+from recsys._tf import keras, tf
+from recsys.models import AutoRecModel
+from recsys.optimizers import SparseAdam
+from tests.test_models import FakeMovieLens
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+complete, l2 = sys.argv[1] == "complete", float(sys.argv[2])
+rng = np.random.default_rng(0)
+users, items = 6, 16
+# complete: every user rates every item, so both replicas read every user row.
+# uneven: item i has 1 + i % 6 raters, so the replicas' items differ in ratings.
+pairs = [
+    (u, i) for i in range(items) for u in range(users) if complete or u < 1 + i % users
+]
+data = FakeMovieLens()
+data.train = pd.DataFrame({
+    "user_id": [f"u{u}" for u, _ in pairs],
+    "item_id": [f"i{i}" for _, i in pairs],
+    "rating": rng.integers(1, 6, size=len(pairs)).astype("float32"),
+    "timestamp": np.arange(len(pairs), dtype="int64"),
+})
+
+
+def fit(strategy):
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = AutoRecModel(data, hidden_units=4, l2=l2, bias_l2=l2, items_per_step=8)
+        model.compile(optimizer=SparseAdam(0.05))
+    model.fit(model.training_batches(), epochs=3, verbose=0)
+    tables = [model.encoder.embeddings, model.decoder.embeddings, model.user_bias.embeddings]
+    replicas = [len(getattr(t, "values", [t])) for t in tables]
+    return [t.numpy() for t in tables + [model.encoder_bias]], replicas
+
+
+keras.utils.set_random_seed(0)
+start = AutoRecModel(data, hidden_units=4, items_per_step=8)
+start({"user_id": tf.constant(["u0"]), "item_id": tf.constant(["i0"])})
+first = start.encoder.embeddings.numpy()
+mirrored, replicas = fit(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+single, _ = fit(tf.distribute.OneDeviceStrategy("/cpu:0"))
+print(json.dumps({
+    "replicas": replicas,
+    "moved": float(np.abs(single[0] - first).max()),
+    "max_diff": max(float(np.abs(a - b).max()) for a, b in zip(mirrored, single)),
+}))
+"""
+
+
+@pytest.mark.parametrize(
+    "ratings, l2",
+    [
+        # Items with different numbers of ratings: each replica's squared errors are
+        # divided by the whole step's number of ratings (fails with a per-replica mean).
+        ("uneven", 0.0),
+        # Every replica reads every user row: the penalty is counted once (fails
+        # without dividing it by the number of replicas).
+        ("complete", 50.0),
+    ],
+)
+def test_two_mirrored_replicas_train_as_one_process(ratings, l2):
+    # Logical devices must be set before TensorFlow starts, hence a fresh process.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_SCRIPT, ratings, str(l2)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == [2, 2, 2]
+    assert result["moved"] > 1e-2
+    assert result["max_diff"] < 1e-5, result

@@ -42,9 +42,13 @@ class AutoRecModel(tfrs.Model):
     once each (rows it does not read are left alone). Validation and test batches are the
     data's (user, item, rating) pairs. A user or an item without training ratings is
     predicted the training mean; predictions are clipped to the training ratings' range.
-    Trained and tested in one process; runs under a `tf.distribute` strategy
-    (`distribute=...`) are not tested yet (with several replicas the per-step penalty
-    would be counted once per replica).
+    Under synchronous replicas (`MirroredStrategy`, `distribute=multi_worker`) each
+    replica divides its squared errors by the whole step's number of ratings, so the
+    summed gradients are those of one process taking the same items; each replica's
+    penalty is divided by the number of replicas (as `tf.nn.scale_regularization_loss`
+    does): exact for a user row every replica reads (with 256 items a step, nearly all
+    active users), half the penalty for a row only one of two replicas reads. Under
+    `ParameterServerStrategy` each worker's step is a one-process step.
 
     Example:
 
@@ -275,7 +279,17 @@ class AutoRecModel(tfrs.Model):
         # A batch of items: reconstruct each item's training ratings from its code.
         prediction, ratings, penalty = self.reconstruct(features["item_id"])
         losses = self.task(labels=tf.reshape(ratings, [-1, 1]), predictions=prediction[:, None])
-        return tf.nn.compute_average_loss(losses) + penalty
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas == 1:
+            return tf.reduce_mean(losses) + penalty
+        # Synchronous replicas (their gradients are summed): each divides its squared
+        # errors by the number of ratings of the whole step (replicas' items differ in
+        # ratings), and its penalty by the number of replicas, as
+        # tf.nn.scale_regularization_loss does (see the class docstring).
+        count = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.cast(tf.size(losses), losses.dtype)
+        )
+        return tf.reduce_sum(losses) / tf.maximum(count, 1.0) + penalty / replicas
 
     # ---------------------------------------------------------- evaluation
     def evaluate_metrics(self, data: InteractionData, split: str = "test") -> dict[str, float]:
