@@ -46,8 +46,9 @@ class AutoRecModel(tfrs.Model):
     replica divides its squared errors by the whole step's number of ratings, so the
     summed gradients are those of one process taking the same items; each replica's
     penalty is divided by the number of replicas (as `tf.nn.scale_regularization_loss`
-    does): exact for a user row every replica reads (with 256 items a step, nearly all
-    active users), half the penalty for a row only one of two replicas reads. Under
+    does): exact for a user row every replica reads (at 256 items a step, the rows of
+    most users with a few dozen ratings or more), half the penalty for a row only one
+    of two replicas reads. Under
     `ParameterServerStrategy` each worker's step is a one-process step.
 
     Example:
