@@ -98,7 +98,10 @@ def retrieval_metrics(
         train_users: `[m]` user indices of the training pairs, or None (nothing to
             exclude from the recall/NDCG ranking).
         train_items: `[m]` item indices of the training pairs, or None.
-        top_accuracy_ks: The k of each `top{k}_accuracy` (seen items included).
+        top_accuracy_ks: The k of each `top{k}_accuracy` (seen items included) and,
+            when training pairs are given, of each `top{k}_seen_share`: the share of a
+            user's top k items that are training items of that user (slots a
+            recommendation cannot use for a new item), averaged over the scored users.
         recall_ks: The k of each `recall@k` (training items excluded).
         ndcg_ks: The k of each `ndcg@k` (training items excluded).
         prefix: Prepended to every metric name.
@@ -107,7 +110,7 @@ def retrieval_metrics(
 
     Returns:
         `{prefix + "top100_accuracy": ..., prefix + "recall@100": ..., ...}` as floats,
-        in the order top-accuracy, recall, NDCG.
+        in the order top-accuracy, seen share (with training pairs), recall, NDCG.
 
     Raises:
         ValueError: Shapes disagree, indices are out of range, or a k is not a
@@ -129,6 +132,7 @@ def retrieval_metrics(
     test_users, test_items = _index_pairs("test", test_users, test_items)
     if (train_users is None) != (train_items is None):
         raise ValueError("Pass both `train_users` and `train_items`, or neither.")
+    share_seen = train_users is not None
     if train_users is None:
         train_users = np.zeros([0], np.int64)
         train_items = np.zeros([0], np.int64)
@@ -162,6 +166,7 @@ def retrieval_metrics(
     max_top_k = min(max(top_accuracy_ks, default=1), num_items)
     max_rank_k = min(max([*recall_ks, *ndcg_ks], default=1), num_items)
     top_hits = {k: 0 for k in top_accuracy_ks}
+    seen_share_sum = {k: 0.0 for k in top_accuracy_ks}
     recall_sum = {k: 0.0 for k in recall_ks}
     ndcg_sum = {k: 0.0 for k in ndcg_ks}
     discounts = 1.0 / np.log2(np.arange(max(max_rank_k, 1)) + 2.0)
@@ -174,10 +179,25 @@ def retrieval_metrics(
         row_of = np.searchsorted(block, test_users[t_lo:t_hi])
         cols = test_items[t_lo:t_hi]
 
+        seen = None
+        r_lo, r_hi = np.searchsorted(train_users, [block[0], block[-1] + 1])
+        seen_rows = np.searchsorted(block, train_users[r_lo:r_hi])
+        if seen_rows.size:
+            seen = tf.scatter_nd(
+                np.stack([seen_rows, train_items[r_lo:r_hi]], axis=1),
+                tf.ones([seen_rows.size], tf.bool),
+                [block.size, num_items],
+            )
+
         if top_accuracy_ks:
             # A pair is a hit when fewer than k items score strictly higher: compare its
             # score with the k-th best score of its user.
-            kth = tf.math.top_k(scores, k=max_top_k, sorted=True).values.numpy()
+            best = tf.math.top_k(scores, k=max_top_k, sorted=True)
+            kth = best.values.numpy()
+            if share_seen and seen is not None:
+                in_seen = np.take_along_axis(seen.numpy(), best.indices.numpy(), axis=1)
+                for k in top_accuracy_ks:
+                    seen_share_sum[k] += float(np.sum(in_seen[:, : min(k, num_items)].mean(1)))
             positive = tf.gather_nd(scores, np.stack([row_of, cols], axis=1)).numpy()
             for k in top_accuracy_ks:
                 if k >= num_items:
@@ -187,14 +207,7 @@ def retrieval_metrics(
                 top_hits[k] += int(np.sum(positive >= kth[row_of, k - 1]))
 
         if recall_ks or ndcg_ks:
-            r_lo, r_hi = np.searchsorted(train_users, [block[0], block[-1] + 1])
-            seen_rows = np.searchsorted(block, train_users[r_lo:r_hi])
-            if seen_rows.size:
-                seen = tf.scatter_nd(
-                    np.stack([seen_rows, train_items[r_lo:r_hi]], axis=1),
-                    tf.ones([seen_rows.size], tf.bool),
-                    [block.size, num_items],
-                )
+            if seen is not None:
                 scores = tf.where(seen, tf.constant(-np.inf, tf.float32), scores)
             top = tf.math.top_k(scores, k=max_rank_k, sorted=True).indices.numpy()
             relevant = np.zeros([block.size, num_items], dtype=bool)
@@ -213,6 +226,9 @@ def retrieval_metrics(
     result: dict[str, float] = {}
     for k in top_accuracy_ks:
         result[f"{prefix}top{k}_accuracy"] = top_hits[k] / n_pairs
+    if share_seen:
+        for k in top_accuracy_ks:
+            result[f"{prefix}top{k}_seen_share"] = seen_share_sum[k] / n_users
     for k in recall_ks:
         result[f"{prefix}recall@{k}"] = recall_sum[k] / n_users
     for k in ndcg_ks:

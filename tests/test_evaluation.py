@@ -16,9 +16,11 @@ def _reference_retrieval(queries, items, test_u, test_i, train_u, train_i, k_acc
     for u, i in zip(test_u, test_i, strict=True):
         higher = np.sum(scores[u] > scores[u, i])
         hits += higher < k_acc
-    recalls, ndcgs = [], []
+    recalls, ndcgs, shares = [], [], []
     for u in np.unique(test_u):
         relevant = set(test_i[test_u == u])
+        top = np.argsort(-scores[u], kind="stable")[:k_acc]
+        shares.append(np.isin(top, train_i[train_u == u]).mean())
         ranked = scores[u].copy()
         ranked[train_i[train_u == u]] = -np.inf
         order = np.argsort(-ranked, kind="stable")
@@ -26,7 +28,12 @@ def _reference_retrieval(queries, items, test_u, test_i, train_u, train_i, k_acc
         dcg = sum(1 / np.log2(r + 2) for r, item in enumerate(order[:k_ndcg]) if item in relevant)
         ideal = sum(1 / np.log2(r + 2) for r in range(min(k_ndcg, len(relevant))))
         ndcgs.append(dcg / ideal)
-    return hits / len(test_u), float(np.mean(recalls)), float(np.mean(ndcgs))
+    return (
+        hits / len(test_u),
+        float(np.mean(shares)),
+        float(np.mean(recalls)),
+        float(np.mean(ndcgs)),
+    )
 
 
 def _random_interactions(rng, num_users, num_items, n_train, n_test):
@@ -55,11 +62,18 @@ def test_retrieval_metrics_match_numpy_reference(seed, batch_size):
         ndcg_ks=[5],
         batch_size=batch_size,
     )
-    acc, rec, ndcg = _reference_retrieval(
+    acc, share, rec, ndcg = _reference_retrieval(
         queries.astype(np.float64), items, test_u, test_i, train_u, train_i, 10, 8, 5
     )
-    assert list(got) == ["test/top10_accuracy", "test/recall@8", "test/ndcg@5"]
+    assert list(got) == [
+        "test/top10_accuracy",
+        "test/top10_seen_share",
+        "test/recall@8",
+        "test/ndcg@5",
+    ]
     assert got["test/top10_accuracy"] == pytest.approx(acc, abs=1e-12)
+    assert 0.1 < share < 0.5  # the data makes the share neither trivial nor full
+    assert got["test/top10_seen_share"] == pytest.approx(share, rel=1e-6)
     assert got["test/recall@8"] == pytest.approx(rec, rel=1e-6)
     assert got["test/ndcg@5"] == pytest.approx(ndcg, rel=1e-6)
 
@@ -72,6 +86,7 @@ def test_top_accuracy_counts_seen_items_and_recall_excludes_them():
         queries, items, [0], [1], [0], [0], top_accuracy_ks=[1], recall_ks=[1], ndcg_ks=[1]
     )
     assert got["test/top1_accuracy"] == 0.0  # the trained item takes the only slot
+    assert got["test/top1_seen_share"] == 1.0
     assert got["test/recall@1"] == 1.0  # ... but is excluded from the ranking
     assert got["test/ndcg@1"] == 1.0
 

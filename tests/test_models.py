@@ -168,12 +168,19 @@ def test_retrieval_metrics_and_export(movielens, retrieval, tmp_path):
     metrics = model.evaluate_metrics(movielens, split="test")
     assert list(metrics) == [
         "test/top100_accuracy",
+        "test/top100_seen_share",
         "test/recall@100",
         "test/ndcg@10",
         "test/popularity_top100_accuracy",
     ]
     # 40 items < 100: every test pair is in the top 100, and all test items are recalled.
     assert metrics["test/top100_accuracy"] == 1.0
+    # ... and a user's top 100 holds every catalogue item, so the seen share is the
+    # share of the 40 items each test user rated in training.
+    seen = movielens.train.groupby("user_id")["item_id"].nunique()
+    users = movielens.test["user_id"].unique()
+    want = np.mean([seen.get(u, 0) / 40 for u in users])
+    assert metrics["test/top100_seen_share"] == pytest.approx(want, rel=1e-6)
     assert metrics["test/recall@100"] == 1.0
     assert 0.0 < metrics["test/ndcg@10"] <= 1.0
 

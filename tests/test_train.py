@@ -256,6 +256,7 @@ def test_multirun_two_learning_rates(tmp_path: Path) -> None:
 REQUIRED_METRICS = {
     "movielens": {
         "test/top100_accuracy",
+        "test/top100_seen_share",
         "test/recall@100",
         "test/ndcg@10",
         "test/popularity_top100_accuracy",

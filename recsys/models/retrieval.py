@@ -358,7 +358,9 @@ class RetrievalModel(tfrs.Model):
         """Exact full-catalogue metrics on `split` (see `recsys.evaluation`).
 
         Returns `{split}/top100_accuracy` (training items ranked too, as
-        `tfrs.metrics.FactorizedTopK`), `{split}/recall@100` and `{split}/ndcg@10`
+        `tfrs.metrics.FactorizedTopK`), `{split}/top100_seen_share` (the share of a
+        user's top 100 taken by items the user saw before `split`, which can never be
+        hits there; a mean over users), `{split}/recall@100` and `{split}/ndcg@10`
         (the items the model saw before `split`, train and for test also val, excluded),
         and `{split}/popularity_top100_accuracy`: the top-100 accuracy of recommending
         the most popular training items to everyone, on the same split.
