@@ -101,7 +101,8 @@ def retrieval_metrics(
         top_accuracy_ks: The k of each `top{k}_accuracy` (seen items included) and,
             when training pairs are given, of each `top{k}_seen_share`: the share of a
             user's top k items that are training items of that user (slots a
-            recommendation cannot use for a new item), averaged over the scored users.
+            recommendation cannot use for a new item), averaged over the scored users;
+            items tied at the k-th score count in the order of their indices.
         recall_ks: The k of each `recall@k` (training items excluded).
         ndcg_ks: The k of each `ndcg@k` (training items excluded).
         prefix: Prepended to every metric name.
@@ -195,7 +196,7 @@ def retrieval_metrics(
             best = tf.math.top_k(scores, k=max_top_k, sorted=True)
             kth = best.values.numpy()
             if share_seen and seen is not None:
-                in_seen = np.take_along_axis(seen.numpy(), best.indices.numpy(), axis=1)
+                in_seen = tf.gather(seen, best.indices, batch_dims=1).numpy()
                 for k in top_accuracy_ks:
                     seen_share_sum[k] += float(np.sum(in_seen[:, : min(k, num_items)].mean(1)))
             positive = tf.gather_nd(scores, np.stack([row_of, cols], axis=1)).numpy()

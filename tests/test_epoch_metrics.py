@@ -91,6 +91,7 @@ def test_constant_curves_get_no_panel() -> None:
         ("val_rmse", "min"),
         ("val_mae", "min"),
         ("val_top100_accuracy", "max"),
+        ("val_top100_seen_share", "min"),
         ("val_recall@100", "max"),
         ("val_ndcg@10", "max"),
         ("val_auc", "max"),

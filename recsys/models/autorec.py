@@ -49,7 +49,8 @@ class AutoRecModel(tfrs.Model):
     does): exact for a user row every replica reads (at 256 items a step, the rows of
     most users with a few dozen ratings or more), half the penalty for a row only one
     of two replicas reads. Under
-    `ParameterServerStrategy` each worker's step is a one-process step.
+    `ParameterServerStrategy` each worker's step is a one-process step (a worker with
+    several GPUs has replicas of its own, handled as above).
 
     Example:
 
@@ -215,7 +216,7 @@ class AutoRecModel(tfrs.Model):
         encoder_rows = self.encoder(distinct)
         if dense:  # a dense product and its gradient: 2x faster than the sparse ones
             matrix = tf.scatter_nd(coords, ratings.values, shape)
-            pooled = tf.matmul(matrix, encoder_rows)
+            pooled = _product(matrix, encoder_rows)
         else:  # memory for the ratings only, however many items and users
             matrix = tf.SparseTensor(coords, ratings.values, shape)
             pooled = tf.sparse.sparse_dense_matmul(matrix, encoder_rows)
@@ -241,7 +242,7 @@ class AutoRecModel(tfrs.Model):
         codes, coords, ratings, distinct, encoder_rows = self._encode(index, dense=True)
         decoded = self.decoder(distinct)
         bias = self.user_bias(distinct)
-        scores = tf.matmul(codes, decoded, transpose_b=True) + tf.transpose(bias)
+        scores = _product(codes, decoded, transpose_b=True) + tf.transpose(bias)
         prediction = tf.gather_nd(scores, coords)
         penalty = self._penalty(encoder_rows, self.l2) + self._penalty(decoded, self.l2)
         if self.bias_l2:
@@ -280,17 +281,17 @@ class AutoRecModel(tfrs.Model):
         # A batch of items: reconstruct each item's training ratings from its code.
         prediction, ratings, penalty = self.reconstruct(features["item_id"])
         losses = self.task(labels=tf.reshape(ratings, [-1, 1]), predictions=prediction[:, None])
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas == 1:
-            return tf.reduce_mean(losses) + penalty
-        # Synchronous replicas (their gradients are summed): each divides its squared
-        # errors by the number of ratings of the whole step (replicas' items differ in
-        # ratings), and its penalty by the number of replicas, as
-        # tf.nn.scale_regularization_loss does (see the class docstring).
-        count = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.cast(tf.size(losses), losses.dtype)
-        )
-        return tf.reduce_sum(losses) / tf.maximum(count, 1.0) + penalty / replicas
+        count = tf.cast(tf.size(losses), losses.dtype)
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            # Synchronous replicas (their gradients are summed): each divides its
+            # squared errors by the number of ratings of the whole step (replicas' items
+            # differ in ratings); the penalty is scaled as regularization losses are
+            # (see the class docstring).
+            count = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, count
+            )
+        mean = tf.math.divide_no_nan(tf.reduce_sum(losses), count)
+        return mean + tf.nn.scale_regularization_loss(penalty)
 
     # ---------------------------------------------------------- evaluation
     def evaluate_metrics(self, data: InteractionData, split: str = "test") -> dict[str, float]:
@@ -311,3 +312,21 @@ class AutoRecModel(tfrs.Model):
 
     def get_config(self) -> dict[str, Any]:
         return dict(self._config)
+
+
+def _product(a: Any, b: Any, transpose_b: bool = False) -> Any:
+    """``tf.matmul(a, b)``, and a zero product when an operand is empty under replicas.
+
+    With several synchronous replicas, the last (short) batch of an epoch can leave a
+    replica no items; oneDNN's fused CPU product aborts the process on an empty
+    operand, so there the product is only run when both operands have elements.
+    """
+    if tf.distribute.get_strategy().num_replicas_in_sync == 1:
+        return tf.matmul(a, b, transpose_b=transpose_b)
+    rows = tf.shape(a)[0]
+    columns = tf.shape(b)[0] if transpose_b else tf.shape(b)[1]
+    return tf.cond(
+        tf.logical_and(tf.size(a) > 0, tf.size(b) > 0),
+        lambda: tf.matmul(a, b, transpose_b=transpose_b),
+        lambda: tf.zeros(tf.stack([rows, columns]), a.dtype),
+    )

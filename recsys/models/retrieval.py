@@ -359,8 +359,9 @@ class RetrievalModel(tfrs.Model):
 
         Returns `{split}/top100_accuracy` (training items ranked too, as
         `tfrs.metrics.FactorizedTopK`), `{split}/top100_seen_share` (the share of a
-        user's top 100 taken by items the user saw before `split`, which can never be
-        hits there; a mean over users), `{split}/recall@100` and `{split}/ndcg@10`
+        user's top 100 taken by items the user saw before `split`, which cannot be
+        hits there when a (user, item) pair lies in one split only, as in MovieLens's
+        random split; a mean over users), `{split}/recall@100` and `{split}/ndcg@10`
         (the items the model saw before `split`, train and for test also val, excluded),
         and `{split}/popularity_top100_accuracy`: the top-100 accuracy of recommending
         the most popular training items to everyone, on the same split.

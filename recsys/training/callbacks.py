@@ -213,7 +213,7 @@ class HistoryRecorder(keras.callbacks.Callback):
 
 
 # Metric names (without a split prefix) that are better when lower.
-_LOWER_IS_BETTER = ("loss", "rmse", "mae", "mse", "error")
+_LOWER_IS_BETTER = ("loss", "rmse", "mae", "mse", "error", "seen_share")
 
 
 def metric_mode(name: str) -> str:
