@@ -195,7 +195,7 @@ def retrieval_metrics(
             # score with the k-th best score of its user.
             best = tf.math.top_k(scores, k=max_top_k, sorted=True)
             kth = best.values.numpy()
-            if share_seen and seen is not None:
+            if seen is not None:  # only when training pairs were given
                 in_seen = tf.gather(seen, best.indices, batch_dims=1).numpy()
                 for k in top_accuracy_ks:
                     seen_share_sum[k] += float(np.sum(in_seen[:, : min(k, num_items)].mean(1)))

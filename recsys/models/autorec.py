@@ -48,9 +48,9 @@ class AutoRecModel(tfrs.Model):
     penalty is divided by the number of replicas (as `tf.nn.scale_regularization_loss`
     does): exact for a user row every replica reads (at 256 items a step, the rows of
     most users with a few dozen ratings or more), half the penalty for a row only one
-    of two replicas reads. Under
-    `ParameterServerStrategy` each worker's step is a one-process step (a worker with
-    several GPUs has replicas of its own, handled as above).
+    of two replicas reads. Under `ParameterServerStrategy` each worker's step is a
+    one-process step (a worker with several GPUs has replicas of its own, handled as
+    above).
 
     Example:
 
